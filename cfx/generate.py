@@ -1,0 +1,194 @@
+"""Generation of one chunk: select the chunk's images, load the networks, run a method, write the tree.
+
+Chunks follow upstream (DiME ``ChunkedDataset``): image ``i`` of the experiment belongs to chunk
+``i % chunks``, and its file stem is ``str(i).zfill(7)``. Every random draw of an image comes from its own
+generator seeded by (seed, method, stem), so the outputs do not depend on the chunk count or batch size.
+Finished instances are skipped on a rerun (their Info file is written last), so a killed job resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from cfx.data.celeba import CelebADataset
+from cfx.io.tree import OutputTree, read_info, write_dime_summary
+from cfx.methods import get_method
+from cfx.runtime.device import select_device, set_threads
+from cfx.runtime.seeding import image_generators
+
+log = logging.getLogger(__name__)
+
+SPLIT_PARTITION = {"train": 0, "val": 1, "test": 2}
+
+
+def experiment_images(index: pd.DataFrame, experiment: dict[str, Any]) -> list[str]:
+    """Image ids of an experiment in dataset order: the split, capped at ``max_images`` (as upstream's
+    ``batch_size·num_batches`` cap, applied before chunking)."""
+    split = experiment["split"]
+    rows = index[index["partition"] == SPLIT_PARTITION[split]]
+    if rows.empty:
+        raise ValueError(f"the index holds no image of split '{split}'")
+    image_ids = list(rows["image_id"])
+    if experiment.get("max_images"):
+        image_ids = image_ids[: int(experiment["max_images"])]
+    return image_ids
+
+
+def chunk_positions(n_images: int, chunk: int, chunks: int) -> list[int]:
+    """Positions ``i`` with ``i % chunks == chunk`` (DiME/ACE ``ChunkedDataset``)."""
+    if not 0 <= chunk < chunks:
+        raise ValueError(f"chunk {chunk} is outside 0..{chunks - 1}")
+    return [i for i in range(n_images) if i % chunks == chunk]
+
+
+def dataset_root_from_index(index: pd.DataFrame, index_csv: Path) -> Path:
+    """The dataset root is two levels above any image path (``ROOT/img_align_celeba/NNNNNN.jpg``)."""
+    if index.empty:
+        raise ValueError(f"{index_csv} lists no images")
+    return Path(index["path"].iloc[0]).parent.parent
+
+
+def load_generation_models(
+    *,
+    method_spec: dict[str, Any],
+    experiment: dict[str, Any],
+    model_specs: dict[str, dict[str, Any]],
+    checkpoints: dict[str, Path],
+    device: torch.device,
+) -> dict[str, Any]:
+    """Build the networks a method needs from their suite entries and checkpoints (strict loading)."""
+    from cfx.models.classifier import QueryClassifier, load_celeba_classifier
+
+    clf_spec = model_specs[experiment["classifier"]]
+    classifier = load_celeba_classifier(checkpoints["classifier"], **clf_spec.get("arch", {}))
+    models: dict[str, Any] = {
+        "classifier": QueryClassifier(classifier, int(experiment["query_label"])).to(device).eval()
+    }
+    if experiment.get("ddpm"):
+        from cfx.models.adm import load_adm_checkpoint
+        from cfx.models.diffusion import create_gaussian_diffusion
+
+        ddpm_spec = model_specs[experiment["ddpm"]]
+        unet = load_adm_checkpoint(checkpoints["ddpm"], **ddpm_spec["flags"]).to(device).eval()
+        diffusion_flags = dict(ddpm_spec.get("diffusion", {}))
+        diffusion_flags["timestep_respacing"] = str(method_spec.get("timestep_respacing", ""))
+        models["unet"] = unet
+        models["diffusion"] = create_gaussian_diffusion(**diffusion_flags)
+    for module in models.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+    return models
+
+
+def _atomic_json(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def generate_chunk(
+    *,
+    experiment: dict[str, Any],
+    method: str,
+    method_spec: dict[str, Any],
+    model_specs: dict[str, dict[str, Any]],
+    index_csv: Path,
+    checkpoints: dict[str, Path],
+    chunk: int,
+    chunks: int,
+    seed: int,
+    tree_root: Path,
+    manifest_path: Path,
+    device: str = "auto",
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generate the counterfactuals of one chunk into the upstream tree and write the chunk manifest."""
+    set_threads(threads)
+    started = time.time()
+    index = pd.read_csv(index_csv, dtype={"image_id": str})
+    image_ids = experiment_images(index, experiment)
+    positions = chunk_positions(len(image_ids), chunk, chunks)
+    module = get_method(method)
+    tree = OutputTree(Path(tree_root), method, ext=method_spec.get("ext", "jpg"))
+    tree.prepare()
+    done = tree.completed_stems()
+    todo = [i for i in positions if tree.stem(i) not in done]
+    log.info("chunk %d/%d: %d images, %d already done", chunk, chunks, len(positions), len(positions) - len(todo))
+
+    if todo:
+        torch_device = select_device(device)
+        models = load_generation_models(
+            method_spec=method_spec,
+            experiment=experiment,
+            model_specs=model_specs,
+            checkpoints=checkpoints,
+            device=torch_device,
+        )
+        dataset = CelebADataset(
+            dataset_root_from_index(index, index_csv),
+            split=experiment["split"],
+            image_size=int(experiment["image_size"]),
+            query_label=int(experiment["query_label"]),
+            image_ids=[image_ids[i] for i in todo],
+        )
+        batch_size = int(method_spec.get("batch_size", 16))
+        bar = tqdm(total=len(todo), desc=f"{method} chunk {chunk}/{chunks}", unit="img", disable=not progress)
+        for start in range(0, len(todo), batch_size):
+            batch = [dataset[k] for k in range(start, min(start + batch_size, len(todo)))]
+            positions_batch = [todo[k] for k, _, _ in batch]
+            images = torch.stack([img for _, img, _ in batch]).to(torch_device)
+            labels = torch.stack([torch.as_tensor(lab) for _, _, lab in batch]).to(torch_device)
+            stems = [tree.stem(i) for i in positions_batch]
+            generators = image_generators(seed, method, stems, torch_device)
+            output = module.generate(
+                images, labels, models=models, config=method_spec["config"], generators=generators
+            )
+            for k, stem in enumerate(stems):
+                tree.write_instance(
+                    stem,
+                    original=images[k].cpu(),
+                    cf=output.counterfactuals[k].cpu(),
+                    noise=output.noise[k].cpu(),
+                    label=int(labels[k]),
+                    pred=int(output.preds[k]),
+                    target=int(output.targets[k]),
+                    cf_pred=int(output.cf_preds[k]),
+                    info=output.info[k],
+                )
+            bar.update(len(stems))
+        bar.close()
+
+    records = []
+    for i in positions:
+        stem = tree.stem(i)
+        info = read_info(tree.info_path(stem))
+        records.append({"stem": stem, "image_id": image_ids[i], **info})
+    flipped = sum(int(r["cf_pred"] == r["target"]) for r in records)
+    manifest = {
+        "experiment": experiment,
+        "method": method,
+        "chunk": chunk,
+        "chunks": chunks,
+        "seed": seed,
+        "n": len(records),
+        "n_expected_total": len(image_ids),
+        "flipped": flipped,
+        "records": records,
+        "generated_now": len(todo),
+        "seconds": round(time.time() - started, 2),
+    }
+    if chunks > 1:
+        write_dime_summary(tree.results_dir / f"chunk-{chunk}_num-chunks-{chunks}_summary.yaml", records)
+    _atomic_json(manifest, Path(manifest_path))
+    return manifest

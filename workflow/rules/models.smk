@@ -1,0 +1,19 @@
+# Networks: trained here in the mini suite (download_checkpoint takes this place in the paper suite).
+
+
+rule train_model:
+    input:
+        index=model_index,
+    output:
+        checkpoint="resources/checkpoints/{model}.pt",
+        log_json="resources/checkpoints/{model}.train.json",
+    params:
+        spec=model_spec,
+        device=config["device"],
+    threads: workflow.cores
+    log:
+        "logs/train/{model}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/train_model.py"

@@ -1,0 +1,45 @@
+# Paper tables (CSV + Markdown + LaTeX) and figures.
+
+
+rule table:
+    input:
+        unpack(table_inputs),
+    output:
+        csv=report(
+            "results/tables/{table}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}"},
+        ),
+        markdown="results/tables/{table}.md",
+        latex="results/tables/{table}.tex",
+    params:
+        spec=table_spec,
+        suite=SUITE["name"],
+        scale=SUITE["_scale"],
+    log:
+        "logs/tables/{table}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/table.py"
+
+
+rule grid_figure:
+    input:
+        merged="results/cf/{experiment}/{method}.merged.json",
+    output:
+        figure=report(
+            "results/figures/{experiment}/{method}_grid.png",
+            caption="../report/grid.rst",
+            category="Figures",
+            labels={"experiment": "{experiment}", "method": "{method}"},
+        ),
+    params:
+        n_images=8,
+    log:
+        "logs/figures/{experiment}/{method}_grid.log",
+    conda:
+        ENV
+    script:
+        "../scripts/grid_figure.py"

@@ -1,0 +1,22 @@
+"""Rule generate: counterfactuals for one chunk of one (experiment, method) (cfx generate)."""
+import sys
+from pathlib import Path
+
+from cfx.generate import generate_chunk
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+generate_chunk(
+    experiment=snakemake.params.experiment,
+    method=snakemake.wildcards.method,
+    method_spec=snakemake.params.method,
+    model_specs=snakemake.params.models,
+    index_csv=Path(snakemake.input.index),
+    checkpoints={"classifier": Path(snakemake.input.classifier), "ddpm": Path(snakemake.input.get("ddpm", ""))},
+    chunk=int(snakemake.wildcards.chunk),
+    chunks=int(snakemake.wildcards.chunks),
+    seed=snakemake.params.seed,
+    tree_root=Path(snakemake.output.manifest).parents[2],
+    manifest_path=Path(snakemake.output.manifest),
+    device=snakemake.params.device,
+    threads=snakemake.threads,
+)

@@ -1,0 +1,8 @@
+"""Rule index_dataset: validate a dataset's layout and write its index.csv (cfx data index)."""
+import sys
+from pathlib import Path
+
+from cfx.data.celeba import build_index
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+build_index(Path(snakemake.params.root), Path(snakemake.output.index))
