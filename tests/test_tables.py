@@ -1,0 +1,64 @@
+"""Tables: long CSV with provenance, wide Markdown/LaTeX with the best value per column in bold."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cfx.metrics.flip_rate import flip_rate
+from cfx.tables import CSV_COLUMNS, build_table
+
+SPEC = {
+    "title": "Test table",
+    "methods": ["dime", "ace"],
+    "tasks": {"smile": "celeba_smile", "age": "celeba_young"},
+    "metrics": ["flip_rate"],
+    "published": {"smile": {"dime": {"flip_rate": {"value": 97.2, "source": "ACE paper Table 1"}}}},
+}
+VALUES = {("celeba_smile", "dime"): 90.0, ("celeba_smile", "ace"): 95.0,
+          ("celeba_young", "dime"): 80.0, ("celeba_young", "ace"): 70.0}
+
+
+def _write_inputs(root: Path) -> tuple[list[Path], list[Path]]:
+    metric_files, merged_files = [], []
+    for (experiment, method), value in VALUES.items():
+        path = root / "metrics" / experiment / method / "flip_rate.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"metric": "flip_rate", "method": method, "value": value, "n": 10,
+                                    "metadata": {"stand_in": ""}}))
+        metric_files.append(path)
+        merged = root / "cf" / experiment / f"{method}.merged.json"
+        merged.parent.mkdir(parents=True, exist_ok=True)
+        merged.write_text(json.dumps({"method": method, "n": 10, "flip_rate": value / 100}))
+        merged_files.append(merged)
+    return metric_files, merged_files
+
+
+def test_build_table_writes_csv_md_tex(tmp_path):
+    metric_files, merged_files = _write_inputs(tmp_path)
+    out = tmp_path / "tables" / "t.csv"
+    build_table("t", SPEC, metric_files=metric_files, merged_files=merged_files, out_csv=out, suite="mini")
+    df = pd.read_csv(out)
+    assert list(df.columns) == CSV_COLUMNS
+    assert len(df) == 4
+    row = df[(df.task == "smile") & (df.method == "dime")].iloc[0]
+    assert row.value == 90.0 and row.published == 97.2
+    assert row.difference == pytest.approx(90.0 - 97.2)
+    assert row.published_source == "ACE paper Table 1"
+    other = df[(df.task == "age") & (df.method == "ace")].iloc[0]
+    assert pd.isna(other.published) and other.published_source == "no published value known"
+    assert set(df.suite) == {"mini"} and (df.n == 10).all()
+    md = out.with_suffix(".md").read_text()
+    # best flip rate per column is bold: ace on smile (95), dime on age (80)
+    assert "| dime | 90.00 | **80.00** |" in md
+    assert "| ace | **95.00** | 70.00 |" in md
+    tex = out.with_suffix(".tex").read_text()
+    assert "\\toprule" in tex and "\\textbf{95.00}" in tex and "\\textbf{80.00}" in tex
+
+
+def test_flip_rate_reference():
+    assert flip_rate([1, 0, 1, 1], [1, 1, 1, 0]) == pytest.approx(50.0)
+    assert flip_rate([], []) == 0.0
+    with pytest.raises(ValueError):
+        flip_rate([1], [1, 0])

@@ -1,0 +1,91 @@
+"""The Snakemake workflow: config validation, planning, lint, and the mini suite end to end at CI scale."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def _copy_workflow(dest: Path) -> Path:
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "workflow", dest / "workflow")
+    shutil.copytree(ROOT / "envs", dest / "envs")
+    return dest
+
+
+def _run(args: list[str], cwd: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run(SNAKEMAKE + args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_dry_run_plans_the_mini_dag(tmp_path):
+    wf = _copy_workflow(tmp_path)
+    result = _run(["-n", "--quiet", "rules"], wf)
+    assert result.returncode == 0, result.stderr
+    plan = result.stdout + result.stderr
+    for rule, count in [("synth_dataset", 1), ("index_dataset", 1), ("train_model", 2), ("generate", 4),
+                        ("merge_chunks", 2), ("metric", 2), ("grid_figure", 2), ("table", 1)]:
+        assert any(line.split()[:2] == [rule, str(count)] for line in plan.splitlines()), (rule, plan)
+
+
+def test_chunk_count_comes_from_config(tmp_path):
+    wf = _copy_workflow(tmp_path)
+    result = _run(["-n", "--quiet", "rules", "--config", "chunks=5"], wf)
+    assert result.returncode == 0, result.stderr
+    assert any(line.split()[:2] == ["generate", "10"] for line in (result.stdout + result.stderr).splitlines())
+
+
+def test_lint_is_clean(tmp_path):
+    wf = _copy_workflow(tmp_path)
+    result = _run(["--lint"], wf)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [("bogus_key=1", "bogus_key"), ("suite=nope", "nope"), ("chunks=0", "chunks")],
+)
+def test_bad_config_stops_with_a_message_naming_it(tmp_path, override, expected):
+    wf = _copy_workflow(tmp_path)
+    result = _run(["-n", "--config", override], wf)
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr
+
+
+def test_unknown_table_target_is_refused(tmp_path):
+    wf = _copy_workflow(tmp_path)
+    result = _run(["-n", "--config", "tables=[table99]"], wf)
+    assert result.returncode != 0
+    assert "table99" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
+    wf = _copy_workflow(tmp_path)
+    result = _run(["--cores", "2", "--config", "scale=ci"], wf)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    table = pd.read_csv(wf / "results/tables/table1.csv")
+    assert set(table["task"]) == {"smile", "age"} and set(table["method"]) == {"dime"}
+    assert (table["n"] == 6).all() and table["value"].between(0, 100).all()
+    assert (wf / "results/tables/table1.md").exists() and (wf / "results/tables/table1.tex").exists()
+    for experiment in ("celeba_smile", "celeba_young"):
+        assert (wf / f"results/figures/{experiment}/dime_grid.png").stat().st_size > 1000
+        tree = wf / "results/cf" / experiment
+        originals = list((tree / "Original").glob("*/*.jpg"))
+        cfs = list((tree / "Results/dime").glob("*/*/CF/*.jpg"))
+        infos = list((tree / "Results/dime").glob("*/*/Info/*.txt"))
+        assert len(originals) == len(cfs) == len(infos) == 6
+        assert sorted(p.stem for p in cfs) == [str(i).zfill(7) for i in range(6)]
+        assert (tree / "Results/dime/summary.yaml").exists()
+    for log in ("logs/train/mini_ddpm.log", "logs/generate/celeba_smile/dime/0-of-2.log", "logs/tables/table1.log"):
+        assert (wf / log).exists(), log
+    # nothing left to do on a rerun
+    again = _run(["--cores", "2", "--config", "scale=ci", "-n"], wf)
+    assert "Nothing to be done" in again.stdout + again.stderr
