@@ -83,6 +83,11 @@ def load_generation_models(
         diffusion_flags["timestep_respacing"] = str(method_spec.get("timestep_respacing", ""))
         models["unet"] = unet
         models["diffusion"] = create_gaussian_diffusion(**diffusion_flags)
+    if float(method_spec.get("config", {}).get("l_perc", 0.0)) > 0:
+        from cfx.models.perceptual import load_vgg19_perceptual
+
+        layer = int(method_spec["config"].get("l_perc_layer", 18))
+        models["perceptual"] = load_vgg19_perceptual(layer, method_spec.get("vgg19_weights")).to(device)
     for module in models.values():
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
