@@ -1,0 +1,180 @@
+"""The DiME/ACE output tree (DiME ``core/sample_utils.py:ImageSaver``; reference/dime_ace.md §3.1).
+
+    Original/{Correct,Incorrect}/<stem>.<ext>
+    Results/<exp>/{CC,IC}/{CCF,ICF}/{CF,Noise,SM,Info}/<stem>.<ext|txt>
+
+``stem = str(i).zfill(7)``. Images are written atomically and the Info file last, so an instance whose Info
+file exists is complete: that is what a rerun skips.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from cfx.io.images import save_image_atomic, to_uint8
+
+SUBSETS = ("CC/CCF", "CC/ICF", "IC/CCF", "IC/ICF")
+LEAVES = ("CF", "Noise", "SM", "Info")
+INFO_KEYS = (("label", "label"), ("pred", "pred"), ("target", "target"), ("cf pred", "cf_pred"),
+             ("BKL", "bkl"), ("l_1", "l_1"))
+
+
+def select_folder(label: int, pred: int, target: int, cf_pred: int) -> str:
+    """``CC`` iff label == pred, ``CCF`` iff target == cf pred (DiME ``ImageSaver.select_folder``)."""
+    return f"{'CC' if label == pred else 'IC'}/{'CCF' if target == cf_pred else 'ICF'}"
+
+
+def saliency_map(original_u8: np.ndarray, cf_u8: np.ndarray) -> np.ndarray:
+    """``255·Σ_c|x − x'| / max`` replicated to 3 channels (0 everywhere when x == x')."""
+    diff = np.abs(original_u8.astype(np.float64) - cf_u8.astype(np.float64)).sum(2, keepdims=True)
+    peak = diff.max()
+    diff = 255 * diff / peak if peak > 0 else diff
+    return np.concatenate([diff] * original_u8.shape[2], axis=2).astype(np.uint8)
+
+
+def format_info(values: dict[str, Any]) -> str:
+    """DiME's Info text: ``label: …\\npred: …\\ntarget: …\\ncf pred: …\\nBKL: …\\nl_1: …`` (no final newline)."""
+    return "\n".join(f"{name}: {values[key]}" for name, key in INFO_KEYS)
+
+
+def read_info(path: Path) -> dict[str, Any]:
+    """Parse an Info file into ``label, pred, target, cf_pred`` (int) and ``bkl, l_1`` (float)."""
+    names = dict(INFO_KEYS)
+    values: dict[str, Any] = {}
+    for line in Path(path).read_text().splitlines():
+        if ":" not in line:
+            continue
+        name, value = (part.strip() for part in line.split(":", 1))
+        if name in names:
+            key = names[name]
+            values[key] = float(value) if key in ("bkl", "l_1") else int(float(value))
+    missing = [key for _, key in INFO_KEYS if key not in values]
+    if missing:
+        raise ValueError(f"Info file {path} lacks {missing}")
+    return values
+
+
+class OutputTree:
+    """Writer of one experiment folder for one method (``exp_name`` = the method's Results sub-folder)."""
+
+    def __init__(self, root: Path, exp_name: str, ext: str = "jpg") -> None:
+        self.root = Path(root)
+        self.exp_name = exp_name
+        self.ext = ext.lstrip(".")
+        self.results_dir = self.root / "Results" / exp_name
+
+    @staticmethod
+    def stem(idx: int) -> str:
+        return str(idx).zfill(7)
+
+    def prepare(self) -> None:
+        """Create ``Original/{Correct,Incorrect}`` and the 16 leaf folders up front, as upstream."""
+        for folder in ("Correct", "Incorrect"):
+            (self.root / "Original" / folder).mkdir(parents=True, exist_ok=True)
+        for subset, leaf in itertools.product(SUBSETS, LEAVES):
+            (self.results_dir / subset / leaf).mkdir(parents=True, exist_ok=True)
+
+    def info_path(self, stem: str) -> Path:
+        for subset in SUBSETS:
+            path = self.results_dir / subset / "Info" / f"{stem}.txt"
+            if path.exists():
+                return path
+        raise FileNotFoundError(f"no Info file for {stem} under {self.results_dir}")
+
+    def completed_stems(self) -> set[str]:
+        """Stems whose Info file and CF image exist (the Info file is written last)."""
+        done = set()
+        for subset in SUBSETS:
+            for info in (self.results_dir / subset / "Info").glob("*.txt"):
+                if (self.results_dir / subset / "CF" / f"{info.stem}.{self.ext}").exists():
+                    done.add(info.stem)
+        return done
+
+    def write_instance(self, stem: str, *, original: torch.Tensor, cf: torch.Tensor, noise: torch.Tensor,
+                       label: int, pred: int, target: int, cf_pred: int, info: dict[str, Any],
+                       value_range: tuple[float, float] = (-1.0, 1.0), sm: np.ndarray | None = None) -> dict:
+        """Write one instance; tensors are CHW in ``value_range``. Returns the Info values written."""
+        original_u8 = to_uint8(original, value_range, mode="truncate")
+        cf_u8 = to_uint8(cf, value_range, mode="clamp")
+        noise_u8 = to_uint8(noise, value_range, mode="clamp")
+        folder = self.results_dir / select_folder(label, pred, target, cf_pred)
+        correct = "Correct" if label == pred else "Incorrect"
+        name = f"{stem}.{self.ext}"
+        for other in ("Correct", "Incorrect"):  # a rerun may have changed the prediction
+            stale = self.root / "Original" / other / name
+            if other != correct and stale.exists():
+                stale.unlink()
+        save_image_atomic(original_u8, self.root / "Original" / correct / name)
+        save_image_atomic(cf_u8, folder / "CF" / name)
+        save_image_atomic(noise_u8, folder / "Noise" / name)
+        save_image_atomic(saliency_map(original_u8, cf_u8) if sm is None else sm, folder / "SM" / name)
+        l_1 = float(np.abs(original_u8.astype(np.float64) / 255 - cf_u8.astype(np.float64) / 255).mean())
+        values = {"label": label, "pred": pred, "target": target, "cf_pred": cf_pred,
+                  "bkl": float(info.get("bkl", float("nan"))), "l_1": float(info.get("l_1", l_1))}
+        info_path = folder / "Info" / f"{stem}.txt"
+        tmp = info_path.with_name(f".{stem}.tmp{os.getpid()}")
+        tmp.write_text(format_info(values))
+        os.replace(tmp, info_path)
+        return values
+
+
+def iter_instances(root: Path, exp_name: str, subsets: tuple[str, ...] = SUBSETS) -> Iterator[dict[str, Any]]:
+    """Every written instance: stem, subset, original/cf/noise paths, info path and parsed Info."""
+    root = Path(root)
+    results = root / "Results" / exp_name
+    for subset in subsets:
+        for info_path in sorted((results / subset / "Info").glob("*.txt")):
+            stem = info_path.stem
+            cf = next(iter(sorted((results / subset / "CF").glob(f"{stem}.*"))), None)
+            original = next(iter(sorted((root / "Original").glob(f"*/{stem}.*"))), None)
+            if cf is None or original is None:
+                raise FileNotFoundError(f"{info_path} has no matching CF or Original image under {root}")
+            yield {"stem": stem, "subset": subset, "info_path": info_path, "info": read_info(info_path),
+                   "cf_path": cf, "original_path": original,
+                   "noise_path": next(iter(sorted((results / subset / "Noise").glob(f"{stem}.*"))), None)}
+
+
+def dime_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """DiME's ``summary.yaml`` dict: ``clean acc`` (percent), ``cf acc`` (fraction), ``n``, ``bkl``, ``l_1``, and
+    the class-cor/class-inc × cf-cor/cf-inc breakdowns; FVA and MNAC placeholders 0 as upstream."""
+
+    def block(rows: list[dict]) -> dict[str, float]:
+        n = len(rows)
+        return {"bkl": sum(r["bkl"] for r in rows) / n if n else 0, "l_1": sum(r["l_1"] for r in rows) / n if n else 0,
+                "n": n, "FVA": 0, "MNAC": 0}
+
+    def cls(r: dict) -> bool:
+        return r["label"] == r["pred"]
+
+    def cf(r: dict) -> bool:
+        return r["target"] == r["cf_pred"]
+
+    summary: dict[str, Any] = block(records)
+    for name, keep in (("class-cor", True), ("class-inc", False)):
+        rows = [r for r in records if cls(r) == keep]
+        summary[name] = block(rows)
+        summary[name]["cf-cor"] = block([r for r in rows if cf(r)])
+        summary[name]["cf-inc"] = block([r for r in rows if not cf(r)])
+    summary["cf-cor"] = block([r for r in records if cf(r)])
+    summary["cf-inc"] = block([r for r in records if not cf(r)])
+    n = len(records)
+    summary["clean acc"] = 100.0 * sum(cls(r) for r in records) / n if n else 0
+    summary["cf acc"] = sum(cf(r) for r in records) / n if n else 0
+    return summary
+
+
+def write_dime_summary(path: Path, records: list[dict[str, Any]]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(dime_summary(records)))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,147 @@
+"""Training loops of the mini suite: the ADM DDPM, the CelebA classifier and the attribute oracle.
+
+The DDPM follows DiME's ``celeba-train-diffusion.py`` (AdamW, random horizontal flips, images in [−1,1],
+guided-diffusion's hybrid loss, uniform timesteps), with one mini-suite option: ``max_timestep`` restricts
+training to the noise levels the methods use, as ACE's ``bdd100k-train-diffusion.py --init_step`` does.
+Checkpoints are written in the published formats (plain UNet state dict; DiME's classifier dict).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cfx.data.celeba import CELEBA_ATTRIBUTES, CelebADataset
+from cfx.runtime.checkpoints import save_checkpoint_atomic
+from cfx.runtime.device import select_device
+
+
+def load_split(data_root: Path, split: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of a split in [−1,1] (N,3,H,W) and their 40 attributes in {0,1} (N,40), in memory."""
+    dataset = CelebADataset(data_root, split=split, image_size=image_size, query_label=None)
+    if len(dataset) == 0:
+        raise ValueError(f"the {split} split of {data_root} is empty")
+    items = [dataset[i] for i in tqdm(range(len(dataset)), desc=f"load {split}", leave=False)]
+    return torch.stack([x for _, x, _ in items]), torch.stack([y for _, _, y in items])
+
+
+def _random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
+
+
+def _write_log(out_path: Path, log: dict[str, Any]) -> None:
+    path = Path(out_path).with_suffix(".train.json")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(log, indent=1))
+    tmp.replace(path)
+
+
+def train_ddpm(data_root: Path, out_path: Path, *, model_flags: dict, diffusion_flags: dict, steps: int,
+               batch_size: int, lr: float, max_timestep: int | None = None, ema_decay: float | None = None,
+               weight_decay: float = 0.0, seed: int = 0, image_size: int | None = None, split: str = "train",
+               device: str = "auto") -> dict[str, Any]:
+    """Train the ADM UNet with ``training_losses`` and save its state dict (the EMA weights if ``ema_decay``)."""
+    from cfx.models.adm import create_model
+    from cfx.models.diffusion import create_gaussian_diffusion
+
+    started = time.time()
+    torch.manual_seed(seed)
+    dev = select_device(device)
+    image_size = int(image_size or model_flags["image_size"])
+    images, _ = load_split(Path(data_root), split, image_size)
+    flags = {**model_flags, "use_fp16": False}
+    model = create_model(**flags).to(dev).train()
+    diffusion = create_gaussian_diffusion(**{**diffusion_flags, "timestep_respacing": ""})
+    t_max = int(max_timestep) if max_timestep else diffusion.num_timesteps
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if ema_decay else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    bar = tqdm(range(steps), desc="train ddpm", unit="step")
+    for _ in bar:
+        idx = torch.randint(len(images), (batch_size,), generator=generator)
+        x = _random_flip(images[idx], generator).to(dev)
+        t = torch.randint(t_max, (batch_size,), generator=generator).to(dev)
+        noise = torch.randn(x.shape, generator=generator).to(dev)
+        loss = diffusion.training_losses(model, x, t, noise=noise)["loss"].mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if ema is not None:
+            with torch.no_grad():
+                for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+                    p_ema.mul_(ema_decay).add_(p.detach(), alpha=1 - ema_decay)
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    final = (ema or model).cpu().state_dict()
+    save_checkpoint_atomic(final, out_path)
+    log = {"kind": "ddpm", "steps": steps, "batch_size": batch_size, "lr": lr, "max_timestep": t_max,
+           "first_loss": losses[0] if losses else None,
+           "final_loss_mean_last_10": sum(losses[-10:]) / max(1, len(losses[-10:])),
+           "seconds": round(time.time() - started, 1), "device": str(dev), "n_train_images": len(images)}
+    _write_log(out_path, log)
+    return log
+
+
+def _train_attribute_net(model: torch.nn.Module, kind: str, data_root: Path, out_path: Path, save, *, steps: int,
+                         batch_size: int, lr: float, seed: int, image_size: int, device: str) -> dict[str, Any]:
+    started = time.time()
+    torch.manual_seed(seed)
+    dev = select_device(device)
+    images, attrs = load_split(Path(data_root), "train", image_size)
+    val_images, val_attrs = load_split(Path(data_root), "val", image_size)
+    model = model.to(dev).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    bar = tqdm(range(steps), desc=f"train {kind}", unit="step")
+    for _ in bar:
+        idx = torch.randint(len(images), (batch_size,), generator=generator)
+        x = _random_flip(images[idx], generator).to(dev)
+        loss = F.binary_cross_entropy_with_logits(model(x), attrs[idx].to(dev))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(val_images[i:i + 256].to(dev)).cpu() for i in range(0, len(val_images), 256)])
+    accuracy = ((logits > 0).float() == val_attrs).float().mean(0)
+    save(model.cpu(), out_path)
+    log = {"kind": kind, "steps": steps, "batch_size": batch_size, "lr": lr,
+           "final_loss_mean_last_10": sum(losses[-10:]) / max(1, len(losses[-10:])),
+           "val_accuracy": {name: round(float(accuracy[i]), 4) for i, name in enumerate(CELEBA_ATTRIBUTES)},
+           "val_accuracy_mean": round(float(accuracy.mean()), 4), "seconds": round(time.time() - started, 1),
+           "device": str(dev), "n_train_images": len(images), "n_val_images": len(val_images)}
+    _write_log(out_path, log)
+    return log
+
+
+def train_classifier(data_root: Path, out_path: Path, *, arch: dict, steps: int, batch_size: int, lr: float,
+                     seed: int = 0, image_size: int = 128, device: str = "auto") -> dict[str, Any]:
+    """Train the 40-attribute DenseNet classifier (BCE with logits) and save DiME's classifier format."""
+    from cfx.models.classifier import DenseNetClassifier, save_celeba_classifier
+
+    torch.manual_seed(seed)
+    return _train_attribute_net(DenseNetClassifier(**arch), "classifier", data_root, out_path, save_celeba_classifier,
+                                steps=steps, batch_size=batch_size, lr=lr, seed=seed, image_size=image_size,
+                                device=device)
+
+
+def train_oracle(data_root: Path, out_path: Path, *, arch: dict, steps: int, batch_size: int, lr: float,
+                 seed: int = 1, image_size: int = 128, device: str = "auto") -> dict[str, Any]:
+    """Train the mini 40-attribute oracle and save it in the ``{'feat_extract','classifier'}`` format."""
+    from cfx.models.oracle import AttributeOracle, save_oracle
+
+    torch.manual_seed(seed)
+    return _train_attribute_net(AttributeOracle(**arch), "oracle", data_root, out_path, save_oracle, steps=steps,
+                                batch_size=batch_size, lr=lr, seed=seed, image_size=image_size, device=device)
