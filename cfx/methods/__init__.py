@@ -1,0 +1,36 @@
+"""Counterfactual methods: one self-contained module per method, one ``generate`` entry point each.
+
+Every method takes the same arguments — ``generate(images, labels, *, models, config, generators,
+targets=None, progress=False) -> MethodOutput`` — with images in [−1,1], ``models`` a dict of the networks
+it needs, ``config`` its hyper-parameters under the upstream names, and one ``torch.Generator`` per image.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import torch
+
+METHODS = {"dime": "cfx.methods.dime"}
+
+
+@dataclass
+class MethodOutput:
+    """What a method returns for a batch (tensors on the input's device)."""
+
+    counterfactuals: torch.Tensor
+    noise: torch.Tensor
+    preds: torch.Tensor
+    targets: torch.Tensor
+    cf_preds: torch.Tensor
+    info: list[dict[str, Any]] = field(default_factory=list)
+
+
+def get_method(name: str) -> ModuleType:
+    """The module implementing method ``name``."""
+    if name not in METHODS:
+        raise KeyError(f"unknown method '{name}'; known methods: {', '.join(sorted(METHODS))}")
+    return importlib.import_module(METHODS[name])
