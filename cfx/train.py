@@ -79,7 +79,7 @@ def train_ddpm(data_root: Path, out_path: Path, *, model_flags: dict, diffusion_
             with torch.no_grad():
                 for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
                     p_ema.mul_(ema_decay).add_(p.detach(), alpha=1 - ema_decay)
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     final = (ema or model).cpu().state_dict()
     save_checkpoint_atomic(final, out_path)
@@ -110,7 +110,7 @@ def _train_attribute_net(model: torch.nn.Module, kind: str, data_root: Path, out
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     model.eval()
     with torch.no_grad():
