@@ -1,8 +1,10 @@
 """The Snakemake workflow: config validation, planning, lint, and the mini suite end to end at CI scale."""
 
+import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -89,3 +91,17 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
     # nothing left to do on a rerun
     again = _run(["--cores", "2", "--config", "scale=ci", "-n"], wf)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # a chunk whose manifest is lost is re-planned alone and resumes from its images (none regenerated)
+    manifest = wf / "results/cf/celeba_smile/chunks/dime/1-of-2.json"
+    first = json.loads(manifest.read_text())
+    manifest.unlink()
+    rerun = _run(["--cores", "2", "--config", "scale=ci"], wf)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    resumed = json.loads(manifest.read_text())
+    assert resumed["generated_now"] == 0 and resumed["records"] == first["records"]
+    # the report bundles tables and figures
+    report = _run(["--report", "report.zip", "--config", "scale=ci"], wf)
+    assert report.returncode == 0, report.stderr[-3000:]
+    with zipfile.ZipFile(wf / "report.zip") as archive:
+        names = archive.namelist()
+    assert any(n.endswith("table1.csv") for n in names) and any(n.endswith("dime_grid.png") for n in names)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-METHODS = {"dime": "cfx.methods.dime"}
+METHODS = {"dime": "cfx.methods.dime", "ace": "cfx.methods.ace"}
 
 
 @dataclass

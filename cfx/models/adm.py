@@ -23,7 +23,7 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 whatever the input dtype (guided-diffusion ``nn.GroupNorm32``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        return super().forward(x if x.dtype == torch.float64 else x.float()).type(x.dtype)
 
 
 def normalization(channels: int) -> GroupNorm32:
@@ -301,11 +301,11 @@ class UNetModel(nn.Module):
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if (y is not None) != (self.num_classes is not None):
             raise ValueError("pass y if and only if the model is class-conditional")
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(self.time_embed[0].weight.dtype))
         if self.num_classes is not None:
             emb = emb + self.label_emb(y)
         hs = []
-        h = x.type(self.dtype)
+        h = x.type(self.dtype if self.dtype == torch.float16 else self.time_embed[0].weight.dtype)
         for module in self.input_blocks:
             h = module(h, emb)
             hs.append(h)

@@ -1,0 +1,156 @@
+"""ACE on tiny random models: the filter's gradient, checkpointed gradients, the attack, the post-processing."""
+
+import pytest
+import torch
+
+from cfx.methods import get_method
+from cfx.methods.ace import (
+    chained_gradient,
+    classification_loss,
+    distance_gradient,
+    filter_steps,
+    generate,
+    generate_mask,
+    postprocess,
+)
+from cfx.models.adm import create_model
+from cfx.models.diffusion import create_gaussian_diffusion
+from cfx.runtime.seeding import image_generators
+
+torch.set_num_threads(1)
+
+
+class RedClassifier(torch.nn.Module):
+    def forward(self, x):
+        return 10 * x[:, 0].mean(dim=(1, 2))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    unet = create_model(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2",
+                        attention_resolutions="8", num_heads=2, learn_sigma=True, resblock_updown=True,
+                        use_scale_shift_norm=True).eval()
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.mul_(0.3)
+    diffusion = create_gaussian_diffusion(steps=100, learn_sigma=True, timestep_respacing="50")
+    return unet, diffusion
+
+
+def _loss_chain(unet, diffusion, k, noise, targets):
+    def loss(z):
+        return classification_loss(RedClassifier()((z + 1) / 2), targets, multiclass=False)
+
+    return filter_steps(unet, diffusion, k, noise, stochastic=True) + [loss]
+
+
+def test_filter_gradient_matches_finite_differences(tiny):
+    unet, diffusion = tiny
+    unet64 = unet.double()
+    try:
+        torch.manual_seed(2)
+        k = 3
+        x = torch.rand(1, 3, 16, 16, dtype=torch.float64) * 0.6 + 0.2
+        noise = torch.randn(1, k + 1, 3, 16, 16, dtype=torch.float64)
+        fns = _loss_chain(unet64, diffusion, k, noise, torch.ones(1))
+        grad, _ = chained_gradient(fns, x)
+        direction = torch.randn_like(x)
+        direction /= direction.norm()
+
+        def value(inp):
+            state = inp
+            for fn in fns:
+                state = fn(state)
+            return float(state)
+
+        h = 1e-5
+        finite = (value(x + h * direction) - value(x - h * direction)) / (2 * h)
+        assert float((grad * direction).sum()) == pytest.approx(finite, rel=1e-4, abs=1e-8)
+    finally:
+        unet.float()
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 6])
+def test_checkpointed_gradient_equals_plain(tiny, chunk):
+    unet, diffusion = tiny
+    k = 5  # K + 1 = 6 functions: 5 filter steps and the loss
+    torch.manual_seed(3)
+    x = torch.rand(2, 3, 16, 16)
+    noise = torch.randn(2, k + 1, 3, 16, 16)
+    fns = _loss_chain(unet, diffusion, k, noise, torch.tensor([1.0, 0.0]))
+    plain, loss = chained_gradient(fns, x)
+    chunked, loss_chunked = chained_gradient(fns, x, backward_steps=chunk)
+    assert torch.allclose(plain, chunked, atol=1e-6, rtol=1e-5)
+    assert torch.allclose(loss, loss_chunked)
+    assert plain.abs().sum() > 0
+
+
+def test_classification_term_scales_with_one_over_batch_like_upstream(tiny):
+    unet, diffusion = tiny
+    x = torch.rand(1, 3, 16, 16)
+    noise = torch.randn(1, 4, 3, 16, 16)
+    single, _ = chained_gradient(_loss_chain(unet, diffusion, 3, noise, torch.ones(1)), x)
+    double, _ = chained_gradient(_loss_chain(unet, diffusion, 3, noise.repeat(2, 1, 1, 1, 1), torch.ones(2)),
+                                 x.repeat(2, 1, 1, 1))
+    assert torch.allclose(double[0], single[0] / 2, atol=1e-7)
+    # while the l1 term is summed: its per-pixel gradient does not depend on the batch
+    assert torch.equal(distance_gradient(x, x + 0.1, 1e-3, 0.0), torch.full_like(x, 1e-3))
+    assert torch.equal(distance_gradient(x.repeat(2, 1, 1, 1), x.repeat(2, 1, 1, 1) + 0.1, 1e-3, 0.0)[0],
+                       torch.full_like(x[0], 1e-3))
+
+
+def test_mask_dilation_and_threshold_on_a_hand_made_image():
+    x = torch.zeros(1, 3, 9, 9)
+    pe = x.clone()
+    pe[0, :, 4, 4] = 0.5  # one changed pixel: Σ_c = 1.5, the maximum
+    pe[0, 0, 0, 0] = 0.3  # a weak change: 0.3 / 1.5 = 0.2
+    m, dilated = generate_mask(x, pe, 3)
+    assert m[0, 0, 4, 4] == 1 and m[0, 0, 0, 0] == pytest.approx(0.2)
+    assert torch.equal(dilated[0, 0, 3:6, 3:6], torch.ones(3, 3))
+    assert dilated[0, 0, 1, 1] == pytest.approx(0.2) and dilated[0, 0, 2, 2] == 0
+    keep = dilated < 0.15
+    assert int((~keep).sum()) == 9 + 4  # the 3x3 block around the strong pixel and the weak corner's 2x2
+    with pytest.raises(ValueError, match="odd"):
+        generate_mask(x, pe, 4)
+    _, none = generate_mask(x, x, 15)  # pe == x: an empty mask, no NaN
+    assert torch.equal(none, torch.zeros_like(none))
+
+
+def test_postprocess_keeps_every_pixel_outside_the_mask(tiny):
+    unet, diffusion = tiny
+    torch.manual_seed(4)
+    x = torch.rand(2, 3, 16, 16)
+    pe = x.clone()
+    pe[:, :, 4:8, 4:8] = 1 - pe[:, :, 4:8, 4:8]
+    config = {"sampling_time_fraction": 0.1, "sampling_inpaint": 0.15, "sampling_dilation": 3}
+    ce, noise_image, keep = postprocess(x, pe, unet=unet, diffusion=diffusion, config=config,
+                                        generators=image_generators(4, "ace", [0, 1]))
+    kept = keep.expand_as(x).bool()
+    assert kept.any() and (~kept).any()
+    assert torch.equal(ce[kept], x[kept])
+    assert not torch.allclose(ce[~kept], x[~kept])
+    assert noise_image.shape == x.shape and torch.isfinite(ce).all()
+    same, _, keep_same = postprocess(x, x, unet=unet, diffusion=diffusion, config=config,
+                                     generators=image_generators(4, "ace", [0, 1]))
+    assert torch.equal(same, x) and bool(keep_same.all())
+
+
+def test_attack_flips_a_trivial_classifier_and_checkpointing_changes_nothing(tiny):
+    unet, diffusion = tiny
+    assert get_method("ace").generate is generate
+    torch.manual_seed(5)
+    images = torch.rand(3, 3, 16, 16) * 1.6 - 0.8
+    models = {"unet": unet, "diffusion": diffusion, "classifier": RedClassifier()}
+    config = {"attack_iterations": 15, "attack_step": 8.0, "dist_l1": 1e-4, "sampling_time_fraction": 0.06}
+    out = generate(images, torch.zeros(3), models=models, config=config,
+                   generators=image_generators(4, "ace", [0, 1, 2]))
+    assert out.counterfactuals.shape == images.shape and out.counterfactuals.abs().max() <= 1
+    assert bool((out.cf_preds == out.targets).all())
+    assert max(i["l_inf"] for i in out.info) <= 15 * 8 / 255 + 1e-6
+    ckpt = generate(images, torch.zeros(3), models=models, config={**config, "checkpoint_backward_steps": 1},
+                    generators=image_generators(4, "ace", [0, 1, 2]))
+    assert torch.allclose(out.counterfactuals, ckpt.counterfactuals, atol=1e-5)
+    with pytest.raises(KeyError, match="unknown ACE config"):
+        generate(images, torch.zeros(3), models=models, config={"steps": 1},
+                 generators=image_generators(4, "ace", [0, 1, 2]))
