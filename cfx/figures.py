@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cfx.io.tree import iter_instances  # noqa: E402
+from cfx.methods import EVALUATED_RESULTS  # noqa: E402
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -22,7 +23,8 @@ def _rgb(path: Path) -> np.ndarray:
 
 def grid_figure(tree_root: Path, method: str, out_path: Path, *, n_images: int = 8, title: str = "") -> Path:
     """Save a 3-row grid: originals, counterfactuals and |x − x'| (amplified to the grid's maximum)."""
-    instances = sorted(iter_instances(Path(tree_root), method), key=lambda inst: inst["stem"])[:n_images]
+    found = iter_instances(Path(tree_root), EVALUATED_RESULTS.get(method, method))
+    instances = sorted(found, key=lambda inst: inst["stem"])[:n_images]
     if not instances:
         raise ValueError(f"no instances of method '{method}' under {tree_root}")
     originals = [_rgb(inst["original_path"]) for inst in instances]

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from cfx.data.celeba import CelebADataset
 from cfx.io.tree import OutputTree, read_info, write_dime_summary
-from cfx.methods import get_method
+from cfx.methods import GENERATED_RESULTS, OUTPUT_FORMAT, get_method
 from cfx.runtime.device import select_device, set_threads
 from cfx.runtime.seeding import image_generators
 
@@ -125,7 +125,9 @@ def generate_chunk(
     image_ids = experiment_images(index, experiment)
     positions = chunk_positions(len(image_ids), chunk, chunks)
     module = get_method(method)
-    tree = OutputTree(Path(tree_root), method, ext=method_spec.get("ext", "jpg"))
+    ext, info_format = OUTPUT_FORMAT[method]
+    tree = OutputTree(Path(tree_root), GENERATED_RESULTS[method], ext=method_spec.get("ext", ext),
+                      info_format=info_format)
     tree.prepare()
     done = tree.completed_stems()
     todo = [i for i in positions if tree.stem(i) not in done]

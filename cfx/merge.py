@@ -14,6 +14,7 @@ from typing import Any
 
 from cfx.generate import _atomic_json
 from cfx.io.tree import write_dime_summary
+from cfx.methods import EVALUATED_RESULTS
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def merge_chunks(
         "clean_accuracy": correct / n if n else 0.0,
         "records": records,
     }
-    summary_path = Path(tree_root) / "Results" / method / "summary.yaml"
+    summary_path = Path(tree_root) / "Results" / EVALUATED_RESULTS.get(method, method) / "summary.yaml"
     write_dime_summary(summary_path, records)
     if flip_rate < min_flip_rate:
         raise SanityError(

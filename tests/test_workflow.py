@@ -19,6 +19,7 @@ def _copy_workflow(dest: Path) -> Path:
         shutil.copy(ROOT / name, dest / name)
     shutil.copytree(ROOT / "workflow", dest / "workflow")
     shutil.copytree(ROOT / "envs", dest / "envs")
+    shutil.copytree(ROOT / "profiles", dest / "profiles")
     return dest
 
 
@@ -31,8 +32,9 @@ def test_dry_run_plans_the_mini_dag(tmp_path):
     result = _run(["-n", "--quiet", "rules"], wf)
     assert result.returncode == 0, result.stderr
     plan = result.stdout + result.stderr
-    for rule, count in [("synth_dataset", 1), ("index_dataset", 1), ("train_model", 2), ("generate", 4),
-                        ("merge_chunks", 2), ("metric", 2), ("grid_figure", 2), ("table", 1)]:
+    for rule, count in [("synth_dataset", 1), ("index_dataset", 1), ("train_model", 2), ("generate", 8),
+                        ("ace_postprocess", 4), ("merge_chunks", 4), ("metric", 4), ("grid_figure", 4),
+                        ("table", 1)]:
         assert any(line.split()[:2] == [rule, str(count)] for line in plan.splitlines()), (rule, plan)
 
 
@@ -40,7 +42,7 @@ def test_chunk_count_comes_from_config(tmp_path):
     wf = _copy_workflow(tmp_path)
     result = _run(["-n", "--quiet", "rules", "--config", "chunks=5"], wf)
     assert result.returncode == 0, result.stderr
-    assert any(line.split()[:2] == ["generate", "10"] for line in (result.stdout + result.stderr).splitlines())
+    assert any(line.split()[:2] == ["generate", "20"] for line in (result.stdout + result.stderr).splitlines())
 
 
 def test_lint_is_clean(tmp_path):
@@ -74,7 +76,7 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
     result = _run(["--cores", "2", "--config", "scale=ci"], wf)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     table = pd.read_csv(wf / "results/tables/table1.csv")
-    assert set(table["task"]) == {"smile", "age"} and set(table["method"]) == {"dime"}
+    assert set(table["task"]) == {"smile", "age"} and set(table["method"]) == {"dime", "ace"}
     assert (table["n"] == 6).all() and table["value"].between(0, 100).all()
     assert (wf / "results/tables/table1.md").exists() and (wf / "results/tables/table1.tex").exists()
     for experiment in ("celeba_smile", "celeba_young"):
@@ -86,19 +88,33 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
         assert len(originals) == len(cfs) == len(infos) == 6
         assert sorted(p.stem for p in cfs) == [str(i).zfill(7) for i in range(6)]
         assert (tree / "Results/dime/summary.yaml").exists()
+        for stage in ("pre-explanation", "explanation"):
+            assert len(list((tree / "Results/ace" / stage).glob("*/*/CF/*.png"))) == 6, stage
+            assert len(list((tree / "Results/ace" / stage).glob("*/*/Info/*.txt"))) == 6, stage
+        assert (tree / "Results/ace/explanation/summary.yaml").exists()
     for log in ("logs/train/mini_ddpm.log", "logs/generate/celeba_smile/dime/0-of-2.log", "logs/tables/table1.log"):
         assert (wf / log).exists(), log
     # nothing left to do on a rerun
     again = _run(["--cores", "2", "--config", "scale=ci", "-n"], wf)
     assert "Nothing to be done" in again.stdout + again.stderr
-    # a chunk whose manifest is lost is re-planned alone and resumes from its images (none regenerated)
+    # a chunk whose manifest is lost (as when a job dies before writing it) is re-planned and resumes from
+    # the images already written: none is regenerated
     manifest = wf / "results/cf/celeba_smile/chunks/dime/1-of-2.json"
     first = json.loads(manifest.read_text())
     manifest.unlink()
+    (wf / "results/cf/celeba_smile/dime.merged.json").unlink()
     rerun = _run(["--cores", "2", "--config", "scale=ci"], wf)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed = json.loads(manifest.read_text())
     assert resumed["generated_now"] == 0 and resumed["records"] == first["records"]
+    # a post-processing parameter re-plans ACE's post-processing and what depends on it, never the attack
+    suite = wf / "workflow/suites/mini.yaml"
+    suite.write_text(suite.read_text().replace("sampling_dilation: 5", "sampling_dilation: 3"))
+    plan = _run(["-n", "--quiet", "rules", "--config", "scale=ci"], wf)
+    planned = {line.split()[0] for line in (plan.stdout + plan.stderr).splitlines()
+               if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert "ace_postprocess" in planned and "table" in planned
+    assert "generate" not in planned and "train_model" not in planned
     # the report bundles tables and figures
     report = _run(["--report", "report.zip", "--config", "scale=ci"], wf)
     assert report.returncode == 0, report.stderr[-3000:]

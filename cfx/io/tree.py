@@ -25,6 +25,12 @@ SUBSETS = ("CC/CCF", "CC/ICF", "IC/CCF", "IC/ICF")
 LEAVES = ("CF", "Noise", "SM", "Info")
 INFO_KEYS = (("label", "label"), ("pred", "pred"), ("target", "target"), ("cf pred", "cf_pred"),
              ("BKL", "bkl"), ("l_1", "l_1"))
+# ACE writes l_inf instead of BKL (reference/dime_ace.md §2.9)
+ACE_INFO_KEYS = (("label", "label"), ("pred", "pred"), ("target", "target"), ("cf pred", "cf_pred"),
+                 ("l_inf", "l_inf"), ("l_1", "l_1"))
+INFO_FORMATS = {"dime": INFO_KEYS, "ace": ACE_INFO_KEYS}
+FLOAT_KEYS = ("bkl", "l_1", "l_inf")
+REQUIRED_KEYS = ("label", "pred", "target", "cf_pred")
 
 
 def select_folder(label: int, pred: int, target: int, cf_pred: int) -> str:
@@ -40,14 +46,15 @@ def saliency_map(original_u8: np.ndarray, cf_u8: np.ndarray) -> np.ndarray:
     return np.concatenate([diff] * original_u8.shape[2], axis=2).astype(np.uint8)
 
 
-def format_info(values: dict[str, Any]) -> str:
-    """DiME's Info text: ``label: …\\npred: …\\ntarget: …\\ncf pred: …\\nBKL: …\\nl_1: …`` (no final newline)."""
-    return "\n".join(f"{name}: {values[key]}" for name, key in INFO_KEYS)
+def format_info(values: dict[str, Any], info_format: str = "dime") -> str:
+    """DiME's Info text ``label: …\\npred: …\\ntarget: …\\ncf pred: …\\nBKL: …\\nl_1: …`` (no final newline);
+    ACE's has ``l_inf`` in place of ``BKL``."""
+    return "\n".join(f"{name}: {values[key]}" for name, key in INFO_FORMATS[info_format])
 
 
 def read_info(path: Path) -> dict[str, Any]:
     """Parse an Info file into ``label, pred, target, cf_pred`` (int) and ``bkl, l_1`` (float)."""
-    names = dict(INFO_KEYS)
+    names = dict(INFO_KEYS + ACE_INFO_KEYS)
     values: dict[str, Any] = {}
     for line in Path(path).read_text().splitlines():
         if ":" not in line:
@@ -55,8 +62,8 @@ def read_info(path: Path) -> dict[str, Any]:
         name, value = (part.strip() for part in line.split(":", 1))
         if name in names:
             key = names[name]
-            values[key] = float(value) if key in ("bkl", "l_1") else int(float(value))
-    missing = [key for _, key in INFO_KEYS if key not in values]
+            values[key] = float(value) if key in FLOAT_KEYS else int(float(value))
+    missing = [key for key in REQUIRED_KEYS if key not in values]
     if missing:
         raise ValueError(f"Info file {path} lacks {missing}")
     return values
@@ -65,10 +72,13 @@ def read_info(path: Path) -> dict[str, Any]:
 class OutputTree:
     """Writer of one experiment folder for one method (``exp_name`` = the method's Results sub-folder)."""
 
-    def __init__(self, root: Path, exp_name: str, ext: str = "jpg") -> None:
+    def __init__(self, root: Path, exp_name: str, ext: str = "jpg", info_format: str = "dime") -> None:
+        if info_format not in INFO_FORMATS:
+            raise ValueError(f"info_format must be one of {list(INFO_FORMATS)}")
         self.root = Path(root)
         self.exp_name = exp_name
         self.ext = ext.lstrip(".")
+        self.info_format = info_format
         self.results_dir = self.root / "Results" / exp_name
 
     @staticmethod
@@ -100,28 +110,37 @@ class OutputTree:
 
     def write_instance(self, stem: str, *, original: torch.Tensor, cf: torch.Tensor, noise: torch.Tensor,
                        label: int, pred: int, target: int, cf_pred: int, info: dict[str, Any],
-                       value_range: tuple[float, float] = (-1.0, 1.0), sm: np.ndarray | None = None) -> dict:
+                       value_range: tuple[float, float] = (-1.0, 1.0), sm: np.ndarray | None = None,
+                       write_original: bool = True) -> dict:
         """Write one instance; tensors are CHW in ``value_range``. Returns the Info values written."""
         original_u8 = to_uint8(original, value_range, mode="truncate")
         cf_u8 = to_uint8(cf, value_range, mode="clamp")
         noise_u8 = to_uint8(noise, value_range, mode="clamp")
-        folder = self.results_dir / select_folder(label, pred, target, cf_pred)
+        subset = select_folder(label, pred, target, cf_pred)
+        folder = self.results_dir / subset
         correct = "Correct" if label == pred else "Incorrect"
         name = f"{stem}.{self.ext}"
-        for other in ("Correct", "Incorrect"):  # a rerun may have changed the prediction
-            stale = self.root / "Original" / other / name
-            if other != correct and stale.exists():
-                stale.unlink()
-        save_image_atomic(original_u8, self.root / "Original" / correct / name)
+        for other in SUBSETS:  # a rerun with other parameters may land in another folder: no stale copies
+            if other != subset:
+                for leaf in LEAVES:
+                    for stale in (self.results_dir / other / leaf).glob(f"{stem}.*"):
+                        stale.unlink()
+        if write_original:
+            for other in ("Correct", "Incorrect"):  # a rerun may have changed the prediction
+                stale = self.root / "Original" / other / name
+                if other != correct and stale.exists():
+                    stale.unlink()
+            save_image_atomic(original_u8, self.root / "Original" / correct / name)
         save_image_atomic(cf_u8, folder / "CF" / name)
         save_image_atomic(noise_u8, folder / "Noise" / name)
         save_image_atomic(saliency_map(original_u8, cf_u8) if sm is None else sm, folder / "SM" / name)
         l_1 = float(np.abs(original_u8.astype(np.float64) / 255 - cf_u8.astype(np.float64) / 255).mean())
         values = {"label": label, "pred": pred, "target": target, "cf_pred": cf_pred,
-                  "bkl": float(info.get("bkl", float("nan"))), "l_1": float(info.get("l_1", l_1))}
+                  "bkl": float(info.get("bkl", float("nan"))), "l_inf": float(info.get("l_inf", float("nan"))),
+                  "l_1": float(info.get("l_1", l_1))}
         info_path = folder / "Info" / f"{stem}.txt"
         tmp = info_path.with_name(f".{stem}.tmp{os.getpid()}")
-        tmp.write_text(format_info(values))
+        tmp.write_text(format_info(values, self.info_format))
         os.replace(tmp, info_path)
         return values
 
@@ -148,8 +167,8 @@ def dime_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
 
     def block(rows: list[dict]) -> dict[str, float]:
         n = len(rows)
-        return {"bkl": sum(r["bkl"] for r in rows) / n if n else 0, "l_1": sum(r["l_1"] for r in rows) / n if n else 0,
-                "n": n, "FVA": 0, "MNAC": 0}
+        return {"bkl": sum(r.get("bkl", 0.0) for r in rows) / n if n else 0,
+                "l_1": sum(r["l_1"] for r in rows) / n if n else 0, "n": n, "FVA": 0, "MNAC": 0}
 
     def cls(r: dict) -> bool:
         return r["label"] == r["pred"]

@@ -15,6 +15,11 @@ from typing import Any
 import torch
 
 METHODS = {"dime": "cfx.methods.dime", "ace": "cfx.methods.ace"}
+# Results/<name> folder each method's generation rule writes, and the one its metrics read (ACE: the attack
+# writes pre-explanations, the ace_postprocess rule the explanations the papers evaluate).
+GENERATED_RESULTS = {"dime": "dime", "ace": "ace/pre-explanation"}
+EVALUATED_RESULTS = {"dime": "dime", "ace": "ace/explanation"}
+OUTPUT_FORMAT = {"dime": ("jpg", "dime"), "ace": ("png", "ace")}  # image extension, Info format
 
 
 @dataclass

@@ -285,5 +285,9 @@ def generate(images: torch.Tensor, labels: torch.Tensor, *, models: dict[str, An
     l1 = (pe01 - images01).abs().flatten(1).mean(1)
     linf = (pe01 - images01).abs().flatten(1).amax(1)
     info = [{"l_1": float(l1[b]), "l_inf": float(linf[b])} for b in range(images.shape[0])]
-    return MethodOutput(counterfactuals=2 * pe01 - 1, noise=torch.zeros_like(images), preds=preds,
+    # the Noise image of the tree: the pre-explanation noised to K−1, as the post-processing starts from it
+    k = respaced_steps(cfg, models["diffusion"])
+    noise = models["diffusion"].q_sample(2 * pe01 - 1, _timesteps(k - 1, images.shape[0], images.device),
+                                         noise=randn_per_image(generators, tuple(images.shape[1:]), images.device))
+    return MethodOutput(counterfactuals=2 * pe01 - 1, noise=noise, preds=preds,
                         targets=targets.long(), cf_preds=cf_preds, info=info)

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from cfx.io.tree import iter_instances
+from cfx.methods import EVALUATED_RESULTS
 from cfx.metrics import MetricMetadata
 
 METADATA = MetricMetadata(
     name="flip_rate",
     higher_is_better=True,
-    reads="all processed images: Results/{method}/{CC,IC}/{CCF,ICF}/Info",
+    reads="all processed images: Results/{method}/{CC,IC}/{CCF,ICF}/Info (ACE: Results/ace/explanation)",
     upstream="DiME main.py summary.yaml 'cf acc'; ACE main.py summary 'cf'",
     unit="%",
 )
@@ -34,7 +35,7 @@ def flip_rate(cf_preds: list[int], targets: list[int]) -> float:
 def compute_tree(tree_root: Path, method: str) -> dict[str, Any]:
     """Flip rate over every instance of ``Results/{method}``; checks the folder agrees with the Info record."""
     cf_preds, targets = [], []
-    for instance in iter_instances(tree_root, method):
+    for instance in iter_instances(tree_root, EVALUATED_RESULTS[method]):
         info = instance["info"]
         in_ccf = instance["subset"].endswith("CCF") and not instance["subset"].endswith("ICF")
         if in_ccf != (int(info["cf_pred"]) == int(info["target"])):
@@ -42,5 +43,5 @@ def compute_tree(tree_root: Path, method: str) -> dict[str, Any]:
         cf_preds.append(int(info["cf_pred"]))
         targets.append(int(info["target"]))
     if not targets:
-        raise ValueError(f"no instances of method '{method}' under {tree_root}/Results/{method}")
+        raise ValueError(f"no instances of method '{method}' under {tree_root}/Results/{EVALUATED_RESULTS[method]}")
     return {"value": flip_rate(cf_preds, targets), "n": len(targets)}

@@ -84,8 +84,31 @@ def experiment_spec(wildcards):
     return section_entry(SUITE, "experiments", wildcards.experiment)
 
 
+def experiment_params(wildcards):
+    """An experiment's settings without its method list: adding a method never re-runs the others."""
+    return {k: v for k, v in experiment_spec(wildcards).items() if k != "methods"}
+
+
 def method_spec(wildcards):
     return section_entry(SUITE, "methods", wildcards.method)
+
+
+def generation_method_spec(wildcards):
+    """The method's settings without its post-processing, so post-processing changes never re-run generation."""
+    return {k: v for k, v in method_spec(wildcards).items() if k != "postprocess"}
+
+
+def ace_spec(wildcards):
+    return section_entry(SUITE, "methods", "ace")
+
+
+def postprocess_inputs(wildcards):
+    """The attack's chunk manifest and the checkpoints ACE's post-processing loads."""
+    inputs = generate_inputs(wildcards)
+    inputs["pre"] = (
+        f"results/cf/{wildcards.experiment}/chunks/ace/{wildcards.chunk}-of-{wildcards.chunks}.json"
+    )
+    return inputs
 
 
 def generate_inputs(wildcards):
@@ -108,10 +131,12 @@ def generation_models(wildcards):
 
 
 def chunk_manifests(wildcards):
+    """Chunk manifests a merge reads: ACE's are those of its post-processing (the explanations)."""
+    stage = "ace_explanation" if wildcards.method == "ace" else wildcards.method
     return expand(
-        "results/cf/{experiment}/chunks/{method}/{chunk}-of-{chunks}.json",
+        "results/cf/{experiment}/chunks/{stage}/{chunk}-of-{chunks}.json",
         experiment=wildcards.experiment,
-        method=wildcards.method,
+        stage=stage,
         chunk=range(CHUNKS),
         chunks=CHUNKS,
     )

@@ -7,8 +7,8 @@ rule generate:
     output:
         manifest="results/cf/{experiment}/chunks/{method}/{chunk}-of-{chunks}.json",
     params:
-        experiment=experiment_spec,
-        method=method_spec,
+        experiment=experiment_params,
+        method=generation_method_spec,
         models=generation_models,
         seed=config["seed"],
         device=config["device"],
@@ -20,6 +20,27 @@ rule generate:
         ENV
     script:
         "../scripts/generate.py"
+
+
+rule ace_postprocess:
+    input:
+        unpack(postprocess_inputs),
+    output:
+        manifest="results/cf/{experiment}/chunks/ace_explanation/{chunk}-of-{chunks}.json",
+    params:
+        experiment=experiment_params,
+        method=ace_spec,
+        models=generation_models,
+        seed=config["seed"],
+        device=config["device"],
+    resources:
+        gpu=1,
+    log:
+        "logs/ace_postprocess/{experiment}/{chunk}-of-{chunks}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/ace_postprocess.py"
 
 
 rule merge_chunks:

@@ -1,0 +1,19 @@
+"""Rule ace_postprocess: ACE explanations from one chunk of pre-explanations (cfx postprocess)."""
+import sys
+from pathlib import Path
+
+from cfx.postprocess import postprocess_chunk
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+postprocess_chunk(
+    experiment=snakemake.params.experiment,
+    method_spec=snakemake.params.method,
+    model_specs=snakemake.params.models,
+    checkpoints={"classifier": Path(snakemake.input.classifier), "ddpm": Path(snakemake.input.ddpm)},
+    pre_manifest=Path(snakemake.input.pre),
+    seed=snakemake.params.seed,
+    tree_root=Path(snakemake.output.manifest).parents[2],
+    manifest_path=Path(snakemake.output.manifest),
+    device=snakemake.params.device,
+    threads=snakemake.threads,
+)
