@@ -13,29 +13,16 @@ from cfx.methods.ace import (
     generate_mask,
     postprocess,
 )
-from cfx.models.adm import create_model
 from cfx.models.diffusion import create_gaussian_diffusion
 from cfx.runtime.seeding import image_generators
+from tests.conftest import RedClassifier
 
 torch.set_num_threads(1)
 
 
-class RedClassifier(torch.nn.Module):
-    def forward(self, x):
-        return 10 * x[:, 0].mean(dim=(1, 2))
-
-
 @pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    unet = create_model(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2",
-                        attention_resolutions="8", num_heads=2, learn_sigma=True, resblock_updown=True,
-                        use_scale_shift_norm=True).eval()
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.mul_(0.3)
-    diffusion = create_gaussian_diffusion(steps=100, learn_sigma=True, timestep_respacing="50")
-    return unet, diffusion
+def tiny(tiny_unet):
+    return tiny_unet, create_gaussian_diffusion(steps=100, learn_sigma=True, timestep_respacing="50")
 
 
 def _loss_chain(unet, diffusion, k, noise, targets):
@@ -58,6 +45,7 @@ def test_filter_gradient_matches_finite_differences(tiny):
         direction = torch.randn_like(x)
         direction /= direction.norm()
 
+        @torch.no_grad()
         def value(inp):
             state = inp
             for fn in fns:

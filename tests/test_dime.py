@@ -6,19 +6,12 @@ import torch
 
 from cfx.methods import get_method
 from cfx.methods.dime import distance_gradient, generate
-from cfx.models.adm import create_model
 from cfx.models.diffusion import create_gaussian_diffusion
 from cfx.runtime.seeding import image_generators, image_seed
+from tests.conftest import RedClassifier
 
 torch.set_num_threads(1)
 CONFIG = {"start_step": 3, "classifier_scales": [8, 10, 15], "use_logits": True, "l1_loss": 0.05, "l_perc": 0.0}
-
-
-class RedClassifier(torch.nn.Module):
-    """logit = 10 · mean of the red channel (a 'smile' anyone can edit)."""
-
-    def forward(self, x):
-        return 10 * x[:, 0].mean(dim=(1, 2))
 
 
 class ConstantClassifier(torch.nn.Module):
@@ -37,16 +30,9 @@ class CountingUNet(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
-    unet = create_model(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2",
-                        attention_resolutions="8", num_heads=2, learn_sigma=True, resblock_updown=True,
-                        use_scale_shift_norm=True).eval()
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.mul_(0.3)
+def models(tiny_unet):
     diffusion = create_gaussian_diffusion(steps=100, learn_sigma=True, timestep_respacing="10")
-    return {"unet": unet, "diffusion": diffusion, "classifier": RedClassifier()}
+    return {"unet": tiny_unet, "diffusion": diffusion, "classifier": RedClassifier()}
 
 
 def _images(n=6):

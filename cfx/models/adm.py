@@ -383,24 +383,12 @@ def create_model_and_diffusion(**flags):
 
 def load_adm_checkpoint(path: str | Path, **flags) -> UNetModel:
     """Build ``create_model(**flags)`` and load ``path`` strictly (weights-only); fp16 applied after loading."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ADM UNet checkpoint {path} does not exist (train or download it first)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    use_fp16 = bool(flags.get("use_fp16", False))
+    from cfx.runtime.checkpoints import load_checkpoint, load_state_dict_strict
+
+    state = load_checkpoint(path, "ADM UNet checkpoint")
     model = create_model(**{**flags, "use_fp16": False})
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"{path} does not match the UNet built from flags {flags}: missing {missing[:10]}, unexpected "
-            f"{unexpected[:10]}, shape mismatches {shapes[:10]}; the flags probably differ from the ones the "
-            f"checkpoint was trained with"
-        )
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    if use_fp16:
+    load_state_dict_strict(model, {k: v.float() for k, v in state.items()}, path,
+                           hint=f"the flags {flags} probably differ from the ones the checkpoint was trained with")
+    if flags.get("use_fp16"):
         model.convert_to_fp16()
     return model

@@ -36,7 +36,8 @@ def save_checkpoint_atomic(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def load_state_dict_strict(module: nn.Module, state_dict: dict, path: str | Path, part: str = "") -> nn.Module:
+def load_state_dict_strict(module: nn.Module, state_dict: dict, path: str | Path, part: str = "",
+                           hint: str = "") -> nn.Module:
     """``load_state_dict(strict=True)`` with a ValueError listing up to 10 missing/unexpected/mis-shaped keys."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
@@ -46,6 +47,6 @@ def load_state_dict_strict(module: nn.Module, state_dict: dict, path: str | Path
     if missing or unexpected or shapes:
         where = f"{path}" + (f" [{part}]" if part else "")
         raise ValueError(f"{where} does not match the architecture: missing {missing[:10]}, unexpected "
-                         f"{unexpected[:10]}, shape mismatches {shapes[:10]}")
+                         f"{unexpected[:10]}, shape mismatches {shapes[:10]}" + (f"; {hint}" if hint else ""))
     module.load_state_dict(state_dict, strict=True)
     return module
