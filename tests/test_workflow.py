@@ -103,7 +103,7 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
     first = json.loads(manifest.read_text())
     manifest.unlink()
     next((wf / "results/cf/celeba_smile/Results/dime").glob("*/*/Info/0000003.txt")).unlink()
-    rerun = _run(["--cores", "2", "--config", "scale=ci", "results/cf/celeba_smile/chunks/dime/1-of-2.json"], wf)
+    rerun = _run(["results/cf/celeba_smile/chunks/dime/1-of-2.json", "--cores", "2", "--config", "scale=ci"], wf)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed = json.loads(manifest.read_text())
     assert resumed["generated_now"] == 1
