@@ -10,7 +10,8 @@ rule train_model:
     params:
         spec=model_spec,
         device=config["device"],
-    threads: workflow.cores
+    # capped at --cores locally; torch uses this many threads
+    threads: 4
     log:
         "logs/train/{model}.log",
     conda:
