@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import torch
 
+_LEASES: list = []  # held for the life of the process (the kernel frees the locks on any exit)
+
 
 def select_device(device: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    """``auto`` → a leased free GPU when there is one, else CPU; ``cuda`` without a GPU is a clear error.
+
+    GPU jobs lease their device (``cfx.runtime.gpu``): Snakemake runs several side by side but never says which
+    GPU each may use."""
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if device == "auto":
+            return torch.device("cpu")
         raise RuntimeError(
             f"device '{device}' was requested but torch sees no CUDA GPU; set device: auto or cpu in config.yaml"
         )
-    return torch.device(device)
+    if device not in ("auto", "cuda"):
+        return torch.device(device)  # an explicit cuda:N
+    if not _LEASES:
+        from cfx.runtime.gpu import lease_gpu
+
+        lease = lease_gpu(device_count=torch.cuda.device_count())
+        if lease is None:
+            return torch.device("cpu") if device == "auto" else torch.device("cuda")
+        _LEASES.append(lease)
+    return torch.device(f"cuda:{_LEASES[0].position}")
 
 
 def set_threads(threads: int | None) -> None:
