@@ -131,6 +131,7 @@ def generate_chunk(
     tree.prepare()
     done = tree.completed_stems()
     todo = [i for i in positions if tree.stem(i) not in done]
+    tree.remove_partial([tree.stem(i) for i in todo])
     log.info("chunk %d/%d: %d images, %d already done", chunk, chunks, len(positions), len(positions) - len(todo))
 
     if todo:

@@ -92,6 +92,17 @@ class OutputTree:
         for subset, leaf in itertools.product(SUBSETS, LEAVES):
             (self.results_dir / subset / leaf).mkdir(parents=True, exist_ok=True)
 
+    def remove_partial(self, stems: list[str]) -> int:
+        """Delete half-written temporary files a killed run left for ``stems`` in this method's folders (only
+        the caller's own stems: a concurrent chunk's files in flight are never touched). Returns the count."""
+        removed = 0
+        for subset, leaf in itertools.product(SUBSETS, LEAVES):
+            for stem in stems:
+                for leftover in (self.results_dir / subset / leaf).glob(f".{stem}.tmp*"):
+                    leftover.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
     def info_path(self, stem: str) -> Path:
         for subset in SUBSETS:
             path = self.results_dir / subset / "Info" / f"{stem}.txt"
