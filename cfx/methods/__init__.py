@@ -34,6 +34,18 @@ class MethodOutput:
     info: list[dict[str, Any]] = field(default_factory=list)
 
 
+def check_inputs(method: str, config: dict[str, Any], defaults: dict[str, Any], images: torch.Tensor,
+                 generators: list[torch.Generator]) -> dict[str, Any]:
+    """The config merged over the method's defaults; unknown keys and a generator count that does not match
+    the batch are errors naming them."""
+    unknown = set(config) - set(defaults)
+    if unknown:
+        raise KeyError(f"unknown {method} config keys {sorted(unknown)}; known: {sorted(defaults)}")
+    if len(generators) != images.shape[0]:
+        raise ValueError(f"{len(generators)} generators for {images.shape[0]} images")
+    return {**defaults, **config}
+
+
 def get_method(name: str) -> ModuleType:
     """The module implementing method ``name``."""
     if name not in METHODS:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cfx.methods import MethodOutput
+from cfx.methods import MethodOutput, check_inputs
 from cfx.runtime.seeding import randn_per_image
 
 DEFAULTS: dict[str, Any] = {
@@ -259,12 +259,7 @@ def generate(images: torch.Tensor, labels: torch.Tensor, *, models: dict[str, An
 
     ``counterfactuals`` are the pre-explanations in [−1,1]; :func:`postprocess` turns them into explanations
     (a separate workflow rule, so its parameters can change without re-running the attack)."""
-    cfg = {**DEFAULTS, **config}
-    unknown = set(config) - set(DEFAULTS)
-    if unknown:
-        raise KeyError(f"unknown ACE config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    if len(generators) != images.shape[0]:
-        raise ValueError(f"{len(generators)} generators for {images.shape[0]} images")
+    cfg = check_inputs("ACE", config, DEFAULTS, images, generators)
     classifier = models["classifier"]
 
     def classifier01(x01: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cfx.methods import MethodOutput
+from cfx.methods import MethodOutput, check_inputs
 from cfx.runtime.seeding import randn_per_image
 
 DEFAULTS: dict[str, Any] = {
@@ -116,12 +116,7 @@ def generate(images: torch.Tensor, labels: torch.Tensor, *, models: dict[str, An
              generators: list[torch.Generator], targets: torch.Tensor | None = None,
              progress: bool = False) -> MethodOutput:
     """DiME counterfactuals for a batch of [−1,1] images of a binary task (target = 1 − prediction)."""
-    cfg = {**DEFAULTS, **config}
-    unknown = set(config) - set(DEFAULTS)
-    if unknown:
-        raise KeyError(f"unknown DiME config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    if len(generators) != images.shape[0]:
-        raise ValueError(f"{len(generators)} generators for {images.shape[0]} images")
+    cfg = check_inputs("DiME", config, DEFAULTS, images, generators)
     unet, diffusion, classifier = models["unet"], models["diffusion"], models["classifier"]
     perceptual = models.get("perceptual")
     if float(cfg["l_perc"]) > 0 and perceptual is None:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torchvision.models import DenseNet
 
-from cfx.runtime.checkpoints import load_checkpoint, load_state_dict_strict, save_checkpoint_atomic
+from cfx.runtime.checkpoints import load_feat_classifier, read_feat_classifier, save_feat_classifier
 
 
 class DenseNetClassifier(nn.Module):
@@ -48,21 +48,12 @@ class QueryClassifier(nn.Module):
 
 def save_celeba_classifier(model: DenseNetClassifier, path: str | Path) -> Path:
     """Write DiME's ``{'feat_extract', 'classifier'}`` format."""
-    return save_checkpoint_atomic(
-        {"feat_extract": model.feat_extract.state_dict(), "classifier": model.classifier.state_dict()}, path
-    )
+    return save_feat_classifier(model, path)
 
 
 def load_celeba_classifier(path: str | Path, **arch) -> DenseNetClassifier:
     """Load DiME's ``classifier.pth`` format strictly into ``DenseNetClassifier(**arch)``."""
-    state = load_checkpoint(path, "CelebA classifier")
-    if not isinstance(state, dict) or set(state) != {"feat_extract", "classifier"}:
-        keys = list(state)[:5] if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{path} is not a DiME classifier checkpoint (expected keys feat_extract, classifier; "
-                         f"got {keys})")
-    classifier_weight = state["classifier"].get("weight")
-    model = DenseNetClassifier(num_attributes=int(classifier_weight.shape[0]) if classifier_weight is not None else 40,
-                               **arch)
-    load_state_dict_strict(model.feat_extract, state["feat_extract"], path, "feat_extract")
-    load_state_dict_strict(model.classifier, state["classifier"], path, "classifier")
-    return model.eval()
+    state = read_feat_classifier(path, "CelebA classifier")
+    weight = state["classifier"].get("weight")
+    model = DenseNetClassifier(num_attributes=int(weight.shape[0]) if weight is not None else 40, **arch)
+    return load_feat_classifier(model, state, path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cfx.runtime.checkpoints import load_checkpoint, load_state_dict_strict, save_checkpoint_atomic
+from cfx.runtime.checkpoints import load_feat_classifier, read_feat_classifier, save_feat_classifier
 
 
 class _Residual(nn.Module):
@@ -55,16 +55,10 @@ class AttributeOracle(nn.Module):
 
 
 def save_oracle(model: AttributeOracle, path: str | Path) -> Path:
-    return save_checkpoint_atomic(
-        {"feat_extract": model.feat_extract.state_dict(), "classifier": model.classifier.state_dict()}, path
-    )
+    """Write the ``{'feat_extract', 'classifier'}`` format."""
+    return save_feat_classifier(model, path)
 
 
 def load_oracle(path: str | Path, **arch) -> AttributeOracle:
-    state = load_checkpoint(path, "attribute oracle")
-    if not isinstance(state, dict) or set(state) != {"feat_extract", "classifier"}:
-        raise ValueError(f"{path} is not an oracle checkpoint (expected keys feat_extract, classifier)")
-    model = AttributeOracle(**arch)
-    load_state_dict_strict(model.feat_extract, state["feat_extract"], path, "feat_extract")
-    load_state_dict_strict(model.classifier, state["classifier"], path, "classifier")
-    return model.eval()
+    """Load the mini oracle strictly into ``AttributeOracle(**arch)``."""
+    return load_feat_classifier(AttributeOracle(**arch), read_feat_classifier(path, "attribute oracle"), path)

@@ -50,3 +50,29 @@ def load_state_dict_strict(module: nn.Module, state_dict: dict, path: str | Path
                          f"{unexpected[:10]}, shape mismatches {shapes[:10]}" + (f"; {hint}" if hint else ""))
     module.load_state_dict(state_dict, strict=True)
     return module
+
+
+FEAT_CLASSIFIER_KEYS = {"feat_extract", "classifier"}
+
+
+def save_feat_classifier(model: nn.Module, path: str | Path) -> Path:
+    """DiME's two-part format ``{'feat_extract': state dict, 'classifier': state dict}`` (classifier, oracle)."""
+    return save_checkpoint_atomic(
+        {"feat_extract": model.feat_extract.state_dict(), "classifier": model.classifier.state_dict()}, path
+    )
+
+
+def read_feat_classifier(path: str | Path, what: str) -> dict:
+    """Read a ``{'feat_extract', 'classifier'}`` checkpoint, refusing any other layout with its keys named."""
+    state = load_checkpoint(path, what)
+    if not isinstance(state, dict) or set(state) != FEAT_CLASSIFIER_KEYS:
+        keys = list(state)[:5] if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} is not a {what} checkpoint (expected keys feat_extract, classifier; got {keys})")
+    return state
+
+
+def load_feat_classifier(model: nn.Module, state: dict, path: str | Path) -> nn.Module:
+    """Load both parts strictly into ``model.feat_extract`` and ``model.classifier``; returns it in eval mode."""
+    load_state_dict_strict(model.feat_extract, state["feat_extract"], path, "feat_extract")
+    load_state_dict_strict(model.classifier, state["classifier"], path, "classifier")
+    return model.eval()
