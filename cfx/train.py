@@ -3,7 +3,14 @@
 The DDPM follows DiME's ``celeba-train-diffusion.py`` (AdamW, random horizontal flips, images in [−1,1],
 guided-diffusion's hybrid loss, uniform timesteps), with one mini-suite option: ``max_timestep`` restricts
 training to the noise levels the methods use, as ACE's ``bdd100k-train-diffusion.py --init_step`` does.
-Checkpoints are written in the published formats (plain UNet state dict; DiME's classifier dict).
+Checkpoints are written atomically in the published formats (plain UNet state dict as ``ddpm-celeba.pt``;
+DiME's ``{'feat_extract', 'classifier'}`` dict as ``classifier.pth``), with a JSON log next to them
+(``<name>.train.json``: steps, first/final loss and a coarse loss curve, seconds per step, and for the attribute
+networks the val accuracy of every attribute, Smiling (31) and Young (39) also at the top level).
+
+Threads: these loops never call ``torch.set_num_threads``; the caller sets it (``cfx.runtime.device.set_threads``
+with the cores Snakemake gives the job). Each split is decoded once into an in-memory tensor (the mini datasets
+are a few thousand 32 px images).
 """
 
 from __future__ import annotations
@@ -37,6 +44,20 @@ def _random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
 
 
+def _loss_summary(losses: list[float], points: int = 20) -> dict[str, Any]:
+    """First/final loss (mean of the last 10 steps) and a coarse curve: ``points`` means of equal step blocks."""
+    if not losses:
+        return {"first_loss": None, "final_loss": None, "loss_curve": []}
+    block = max(1, len(losses) // points)
+    curve = [round(sum(losses[i:i + block]) / len(losses[i:i + block]), 5) for i in range(0, len(losses), block)]
+    return {"first_loss": round(losses[0], 5), "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 5),
+            "loss_curve_block": block, "loss_curve": curve}
+
+
+def _per_step(seconds: float, steps: int) -> float | None:
+    return round(seconds / steps, 4) if steps else None
+
+
 def _write_log(out_path: Path, log: dict[str, Any]) -> None:
     path = Path(out_path).with_suffix(".train.json")
     tmp = path.with_name(f".{path.name}.tmp")
@@ -48,7 +69,14 @@ def train_ddpm(data_root: Path, out_path: Path, *, model_flags: dict, diffusion_
                batch_size: int, lr: float, max_timestep: int | None = None, ema_decay: float | None = None,
                weight_decay: float = 0.0, seed: int = 0, image_size: int | None = None, split: str = "train",
                device: str = "auto") -> dict[str, Any]:
-    """Train the ADM UNet with ``training_losses`` and save its state dict (the EMA weights if ``ema_decay``)."""
+    """Train the ADM UNet with ``training_losses`` and save its state dict (the EMA weights if ``ema_decay``).
+
+    ``model_flags`` are guided-diffusion's MODEL_FLAGS (``cfx.models.adm.create_model``), ``diffusion_flags`` its
+    diffusion flags (``diffusion_steps``/``steps``, ``noise_schedule``, ``learn_sigma``, ...; respacing is ignored).
+    Per step: a batch drawn uniformly with replacement, random horizontal flip, ``t ~ U{0, …, max_timestep−1}``
+    (all timesteps when None; guided-diffusion's ``UniformSampler`` has weight 1), loss = mean of
+    ``training_losses(...)["loss"]``, AdamW (``weight_decay`` 0.0 as guided-diffusion's default; DiME's
+    ``celeba-train.sh`` uses 0.05). EMA as guided-diffusion's ``update_ema``: ``ema ← d·ema + (1−d)·θ``."""
     from cfx.models.adm import create_model
     from cfx.models.diffusion import create_gaussian_diffusion
 
@@ -56,15 +84,21 @@ def train_ddpm(data_root: Path, out_path: Path, *, model_flags: dict, diffusion_
     torch.manual_seed(seed)
     dev = select_device(device)
     image_size = int(image_size or model_flags["image_size"])
-    images, _ = load_split(Path(data_root), split, image_size)
+    if int(model_flags["image_size"]) != image_size:
+        raise ValueError(f"image_size {image_size} differs from the UNet flag image_size {model_flags['image_size']}")
     flags = {**model_flags, "use_fp16": False}
     model = create_model(**flags).to(dev).train()
+    # training always uses the full schedule (guided-diffusion's image_train.py ignores timestep_respacing)
     diffusion = create_gaussian_diffusion(**{**diffusion_flags, "timestep_respacing": ""})
     t_max = int(max_timestep) if max_timestep else diffusion.num_timesteps
+    if not 0 < t_max <= diffusion.num_timesteps:
+        raise ValueError(f"max_timestep {max_timestep} is outside 1..{diffusion.num_timesteps} (diffusion steps)")
+    images, _ = load_split(Path(data_root), split, image_size)
     ema = copy.deepcopy(model).eval().requires_grad_(False) if ema_decay else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     losses = []
+    loop_started = time.time()
     bar = tqdm(range(steps), desc="train ddpm", unit="step")
     for _ in bar:
         idx = torch.randint(len(images), (batch_size,), generator=generator)
@@ -81,12 +115,14 @@ def train_ddpm(data_root: Path, out_path: Path, *, model_flags: dict, diffusion_
                     p_ema.mul_(ema_decay).add_(p.detach(), alpha=1 - ema_decay)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    final = (ema or model).cpu().state_dict()
+    train_seconds = time.time() - loop_started
+    final = (ema if ema is not None else model).cpu().state_dict()
     save_checkpoint_atomic(final, out_path)
-    log = {"kind": "ddpm", "steps": steps, "batch_size": batch_size, "lr": lr, "max_timestep": t_max,
-           "first_loss": losses[0] if losses else None,
-           "final_loss_mean_last_10": sum(losses[-10:]) / max(1, len(losses[-10:])),
-           "seconds": round(time.time() - started, 1), "device": str(dev), "n_train_images": len(images)}
+    log = {"kind": "ddpm", "steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+           "max_timestep": t_max, "num_timesteps": diffusion.num_timesteps, "ema_decay": ema_decay, "seed": seed,
+           "saved": "ema" if ema is not None else "model", **_loss_summary(losses),
+           "seconds": round(time.time() - started, 1), "seconds_per_step": _per_step(train_seconds, steps),
+           "threads": torch.get_num_threads(), "device": str(dev), "n_train_images": len(images)}
     _write_log(out_path, log)
     return log
 
@@ -102,6 +138,7 @@ def _train_attribute_net(model: torch.nn.Module, kind: str, data_root: Path, out
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     losses = []
+    loop_started = time.time()
     bar = tqdm(range(steps), desc=f"train {kind}", unit="step")
     for _ in bar:
         idx = torch.randint(len(images), (batch_size,), generator=generator)
@@ -112,16 +149,22 @@ def _train_attribute_net(model: torch.nn.Module, kind: str, data_root: Path, out
         optimizer.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    train_seconds = time.time() - loop_started
     model.eval()
     with torch.no_grad():
         logits = torch.cat([model(val_images[i:i + 256].to(dev)).cpu() for i in range(0, len(val_images), 256)])
     accuracy = ((logits > 0).float() == val_attrs).float().mean(0)
+    majority = torch.maximum(val_attrs.mean(0), 1 - val_attrs.mean(0))  # accuracy of always guessing the majority
     save(model.cpu(), out_path)
-    log = {"kind": kind, "steps": steps, "batch_size": batch_size, "lr": lr,
-           "final_loss_mean_last_10": sum(losses[-10:]) / max(1, len(losses[-10:])),
+    log = {"kind": kind, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, **_loss_summary(losses),
+           "val_accuracy_Smiling": round(float(accuracy[31]), 4), "val_accuracy_Young": round(float(accuracy[39]), 4),
+           "val_accuracy_mean": round(float(accuracy.mean()), 4),
+           "val_majority_baseline_Smiling": round(float(majority[31]), 4),
+           "val_majority_baseline_Young": round(float(majority[39]), 4),
            "val_accuracy": {name: round(float(accuracy[i]), 4) for i, name in enumerate(CELEBA_ATTRIBUTES)},
-           "val_accuracy_mean": round(float(accuracy.mean()), 4), "seconds": round(time.time() - started, 1),
-           "device": str(dev), "n_train_images": len(images), "n_val_images": len(val_images)}
+           "seconds": round(time.time() - started, 1), "seconds_per_step": _per_step(train_seconds, steps),
+           "threads": torch.get_num_threads(), "device": str(dev), "n_train_images": len(images),
+           "n_val_images": len(val_images)}
     _write_log(out_path, log)
     return log
 

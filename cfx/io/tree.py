@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import yaml
 
-from cfx.io.images import save_image_atomic, to_uint8
+from cfx.io.images import save_image_atomic, to_uint8, uint8_l1
 
 SUBSETS = ("CC/CCF", "CC/ICF", "IC/CCF", "IC/ICF")
 LEAVES = ("CF", "Noise", "SM", "Info")
@@ -111,11 +111,16 @@ class OutputTree:
         raise FileNotFoundError(f"no Info file for {stem} under {self.results_dir}")
 
     def completed_stems(self) -> set[str]:
-        """Stems whose Info file and CF image exist (the Info file is written last)."""
+        """Stems whose Info file exists together with their CF, Noise, SM and Original images: the instances a
+        rerun may skip (the Info file is written last, so its presence marks a finished write)."""
+        originals = {p.name for folder in ("Correct", "Incorrect")
+                     for p in (self.root / "Original" / folder).glob(f"*.{self.ext}")}
         done = set()
         for subset in SUBSETS:
-            for info in (self.results_dir / subset / "Info").glob("*.txt"):
-                if (self.results_dir / subset / "CF" / f"{info.stem}.{self.ext}").exists():
+            folder = self.results_dir / subset
+            for info in (folder / "Info").glob("*.txt"):
+                name = f"{info.stem}.{self.ext}"
+                if name in originals and all((folder / leaf / name).exists() for leaf in ("CF", "Noise", "SM")):
                     done.add(info.stem)
         return done
 
@@ -145,7 +150,7 @@ class OutputTree:
         save_image_atomic(cf_u8, folder / "CF" / name)
         save_image_atomic(noise_u8, folder / "Noise" / name)
         save_image_atomic(saliency_map(original_u8, cf_u8) if sm is None else sm, folder / "SM" / name)
-        l_1 = float(np.abs(original_u8.astype(np.float64) / 255 - cf_u8.astype(np.float64) / 255).mean())
+        l_1 = uint8_l1(original_u8, cf_u8)  # DiME main.py: float32 mean over the quantised images
         values = {"label": label, "pred": pred, "target": target, "cf_pred": cf_pred,
                   "bkl": float(info.get("bkl", float("nan"))), "l_inf": float(info.get("l_inf", float("nan"))),
                   "l_1": float(info.get("l_1", l_1))}
@@ -173,13 +178,18 @@ def iter_instances(root: Path, exp_name: str, subsets: tuple[str, ...] = SUBSETS
 
 
 def dime_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """DiME's ``summary.yaml`` dict: ``clean acc`` (percent), ``cf acc`` (fraction), ``n``, ``bkl``, ``l_1``, and
-    the class-cor/class-inc × cf-cor/cf-inc breakdowns; FVA and MNAC placeholders 0 as upstream."""
+    """The dict DiME ``main.py`` dumps to ``summary.yaml``: ``clean acc`` (percent, 100·#(label == pred)/n),
+    ``cf acc`` (fraction, #(cf pred == target)/n), ``n``, mean ``bkl`` and ``l_1``, the same (``bkl``, ``l_1``,
+    ``n``) for ``cf-cor``/``cf-inc`` and for ``class-cor``/``class-inc`` with their own ``cf-cor``/``cf-inc``,
+    and the placeholders ``FVA: 0``, ``MNAC: 0`` at the top level. An empty group has mean 0, as upstream."""
 
-    def block(rows: list[dict]) -> dict[str, float]:
-        n = len(rows)
-        return {"bkl": sum(r.get("bkl", 0.0) for r in rows) / n if n else 0,
-                "l_1": sum(r["l_1"] for r in rows) / n if n else 0, "n": n, "FVA": 0, "MNAC": 0}
+    def mean(rows: list[dict], key: str) -> float:
+        values = [float(r.get(key, float("nan"))) for r in rows]
+        m = float(np.mean(np.asarray(values, dtype=np.float32))) if values else float("nan")
+        return 0 if np.isnan(m) else m
+
+    def block(rows: list[dict]) -> dict[str, Any]:
+        return {"bkl": mean(rows, "bkl"), "l_1": mean(rows, "l_1"), "n": len(rows)}
 
     def cls(r: dict) -> bool:
         return r["label"] == r["pred"]
@@ -187,21 +197,22 @@ def dime_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     def cf(r: dict) -> bool:
         return r["target"] == r["cf_pred"]
 
-    summary: dict[str, Any] = block(records)
+    n = len(records)
+    summary: dict[str, Any] = {**block(records), "FVA": 0, "MNAC": 0}
     for name, keep in (("class-cor", True), ("class-inc", False)):
         rows = [r for r in records if cls(r) == keep]
-        summary[name] = block(rows)
-        summary[name]["cf-cor"] = block([r for r in rows if cf(r)])
-        summary[name]["cf-inc"] = block([r for r in rows if not cf(r)])
+        summary[name] = {"cf-cor": block([r for r in rows if cf(r)]), "cf-inc": block([r for r in rows if not cf(r)]),
+                         **block(rows)}
     summary["cf-cor"] = block([r for r in records if cf(r)])
     summary["cf-inc"] = block([r for r in records if not cf(r)])
-    n = len(records)
-    summary["clean acc"] = 100.0 * sum(cls(r) for r in records) / n if n else 0
+    summary["clean acc"] = 100 * sum(cls(r) for r in records) / n if n else 0
     summary["cf acc"] = sum(cf(r) for r in records) / n if n else 0
     return summary
 
 
 def write_dime_summary(path: Path, records: list[dict[str, Any]]) -> Path:
+    """Write :func:`dime_summary` of ``records`` (dicts with label, pred, target, cf_pred, bkl, l_1) as YAML,
+    atomically (``yaml.dump`` layout: block style, sorted keys, as upstream)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

@@ -3,7 +3,10 @@
 ``create_model`` takes guided-diffusion's ``MODEL_FLAGS`` names verbatim; the module tree (and therefore every
 ``state_dict`` key and shape) follows upstream, so the published DiME, ACE and openai checkpoints load with
 ``strict=True``. GroupNorm runs in float32 and the convolutions of the input, middle and output blocks can be
-converted to float16 (``convert_to_fp16``), as upstream's ``use_fp16``.
+converted to float16 (``convert_to_fp16``), as upstream's ``use_fp16``. Attention is computed in upstream's
+einsum form (q and k each scaled by ch^(-1/4), softmax in float32), so outputs equal upstream's bit for bit in
+float32; ``use_checkpoint`` recomputes ResBlocks and attention blocks in the backward pass
+(``torch.utils.checkpoint``, same numbers).
 """
 
 from __future__ import annotations
@@ -11,10 +14,15 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
+
+if TYPE_CHECKING:
+    from cfx.models.diffusion import SpacedDiffusion
 
 NUM_CLASSES = 1000
 
@@ -76,8 +84,13 @@ class Upsample(nn.Module):
         if use_conv:
             self.conv = conv_nd(dims, channels, self.out_channels, 3, padding=1)
 
+        self.dims = dims
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        if self.dims == 3:  # 3-d signals are upsampled in the inner two dimensions only
+            x = F.interpolate(x, (x.shape[2], x.shape[3] * 2, x.shape[4] * 2), mode="nearest")
+        else:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
         return self.conv(x) if self.use_conv else x
 
 
@@ -85,12 +98,13 @@ class Downsample(nn.Module):
     def __init__(self, channels: int, use_conv: bool, dims: int = 2, out_channels: int | None = None) -> None:
         super().__init__()
         self.out_channels = out_channels or channels
+        stride = 2 if dims != 3 else (1, 2, 2)
         if use_conv:
-            self.op = conv_nd(dims, channels, self.out_channels, 3, stride=2, padding=1)
+            self.op = conv_nd(dims, channels, self.out_channels, 3, stride=stride, padding=1)
         else:
             if self.out_channels != channels:
                 raise ValueError("average-pool downsampling cannot change the channel count")
-            self.op = avg_pool_nd(dims, kernel_size=2, stride=2)
+            self.op = avg_pool_nd(dims, kernel_size=stride, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -209,6 +223,11 @@ class AttentionBlock(nn.Module):
         self.proj_out = zero_module(conv_nd(1, channels, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_checkpoint and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         h = self.proj_out(self.attention(self.qkv(self.norm(x))))
@@ -233,7 +252,7 @@ class UNetModel(nn.Module):
         self.model_channels = model_channels
         self.out_channels = out_channels
         self.num_classes = num_classes
-        self.dtype = torch.float16 if use_fp16 else torch.float32
+        self.use_fp16 = use_fp16  # upstream flag; the compute dtype follows the block weights (see ``dtype``)
         emb_dim = model_channels * 4
 
         def resblock(ch_in: int, ch_out: int | None = None, **kw) -> ResBlock:
@@ -282,20 +301,31 @@ class UNetModel(nn.Module):
             normalization(ch), nn.SiLU(), zero_module(conv_nd(dims, input_ch, out_channels, 3, padding=1))
         )
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the blocks compute in: that of the block convolutions (float16 after ``convert_to_fp16``).
+
+        Upstream fixes ``self.dtype`` from ``use_fp16`` at construction, so an unconverted ``use_fp16`` model
+        fails there; here it computes in float32 until converted, and ``convert_to_fp32`` fully undoes the
+        conversion."""
+        return self.input_blocks[0][0].weight.dtype
+
     def _convert(self, dtype: torch.dtype) -> None:
+        # Only convolutions, as guided-diffusion ``fp16_util.convert_module_to_f16``: the ResBlocks' embedding
+        # Linear layers, GroupNorm affine parameters, time_embed, label_emb and ``out`` stay float32.
         for blocks in (self.input_blocks, self.middle_block, self.output_blocks):
             for module in blocks.modules():
                 if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                     module.weight.data = module.weight.data.to(dtype)
                     if module.bias is not None:
                         module.bias.data = module.bias.data.to(dtype)
-        self.dtype = dtype
 
     def convert_to_fp16(self) -> None:
         """Convolutions of the input, middle and output blocks to float16 (guided-diffusion ``fp16_util``)."""
         self._convert(torch.float16)
 
     def convert_to_fp32(self) -> None:
+        """Undo ``convert_to_fp16``."""
         self._convert(torch.float32)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -305,7 +335,7 @@ class UNetModel(nn.Module):
         if self.num_classes is not None:
             emb = emb + self.label_emb(y)
         hs = []
-        h = x.type(self.dtype if self.dtype == torch.float16 else self.time_embed[0].weight.dtype)
+        h = x.type(self.dtype)
         for module in self.input_blocks:
             h = module(h, emb)
             hs.append(h)
@@ -352,8 +382,8 @@ def create_model(image_size: int, num_channels: int, num_res_blocks: int, channe
     )
 
 
-def model_and_diffusion_defaults() -> dict:
-    """guided-diffusion ``script_util.model_and_diffusion_defaults``."""
+def model_and_diffusion_defaults() -> dict[str, Any]:
+    """guided-diffusion ``script_util.model_and_diffusion_defaults`` (model flags + ``diffusion_defaults``)."""
     return dict(
         image_size=64, num_channels=128, num_res_blocks=2, num_heads=4, num_heads_upsample=-1,
         num_head_channels=-1, attention_resolutions="16,8", channel_mult="", dropout=0.0, class_cond=False,
@@ -364,31 +394,43 @@ def model_and_diffusion_defaults() -> dict:
     )
 
 
+#: Flags of ``create_gaussian_diffusion`` (``learn_sigma`` is shared with the model).
 DIFFUSION_FLAGS = ("diffusion_steps", "learn_sigma", "sigma_small", "noise_schedule", "use_kl", "predict_xstart",
                    "rescale_timesteps", "rescale_learned_sigmas", "timestep_respacing")
 
 
-def create_model_and_diffusion(**flags):
-    """Split flags into model and diffusion flags like guided-diffusion's ``create_model_and_diffusion``."""
+def create_model_and_diffusion(**flags: Any) -> tuple[UNetModel, SpacedDiffusion]:
+    """guided-diffusion ``script_util.create_model_and_diffusion``: defaults updated with ``flags``, split into
+    model and diffusion flags. As upstream, ``use_fp16`` does not convert the weights: call
+    ``model.convert_to_fp16()`` (after loading a checkpoint), as the upstream scripts do."""
     from cfx.models.diffusion import create_gaussian_diffusion
 
     args = {**model_and_diffusion_defaults(), **flags}
     diffusion_args = {k: args.pop(k) for k in DIFFUSION_FLAGS if k in args}
     diffusion_args["steps"] = diffusion_args.pop("diffusion_steps")
     model = create_model(learn_sigma=diffusion_args["learn_sigma"], **args)
-    if args.get("use_fp16"):
-        model.convert_to_fp16()
     return model, create_gaussian_diffusion(**diffusion_args)
 
 
-def load_adm_checkpoint(path: str | Path, **flags) -> UNetModel:
-    """Build ``create_model(**flags)`` and load ``path`` strictly (weights-only); fp16 applied after loading."""
+def load_adm_checkpoint(path: str | Path, **flags: Any) -> UNetModel:
+    """Build ``create_model(**flags)`` and load the state dict at ``path`` strictly (weights-only ``torch.load``).
+
+    ``flags`` are guided-diffusion's MODEL_FLAGS; diffusion flags (``diffusion_steps``, ``noise_schedule``, ...)
+    may be passed too and are ignored, so a script's whole flag set works. With ``use_fp16`` the weights are
+    converted after loading (upstream ``image_sample.py``). Raises FileNotFoundError for a missing file and a
+    ValueError naming the file, the first missing/unexpected/mis-shaped keys and the likely cause otherwise."""
     from cfx.runtime.checkpoints import load_checkpoint, load_state_dict_strict
 
+    model_flags = {k: v for k, v in flags.items() if k not in DIFFUSION_FLAGS or k == "learn_sigma"}
     state = load_checkpoint(path, "ADM UNet checkpoint")
-    model = create_model(**{**flags, "use_fp16": False})
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        keys = list(state)[:5] if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} is not a plain UNet state dict as guided-diffusion saves it (got {keys}); "
+                         f"extract the model's state_dict (e.g. the EMA weights) and save that")
+    model = create_model(**{**model_flags, "use_fp16": False})
     load_state_dict_strict(model, {k: v.float() for k, v in state.items()}, path,
-                           hint=f"the flags {flags} probably differ from the ones the checkpoint was trained with")
-    if flags.get("use_fp16"):
+                           hint=f"the flags {model_flags} probably differ from the ones the checkpoint was "
+                                f"trained with")
+    if model_flags.get("use_fp16"):
         model.convert_to_fp16()
     return model

@@ -88,7 +88,10 @@ def _extract(arr: np.ndarray, timesteps: torch.Tensor, shape: torch.Size) -> tor
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
-    """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) elementwise (guided-diffusion ``losses.normal_kl``)."""
+    """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) elementwise (guided-diffusion ``losses.normal_kl``);
+    log-variances may be Python floats."""
+    like = next(a for a in (mean1, logvar1, mean2, logvar2) if isinstance(a, torch.Tensor))
+    logvar1, logvar2 = (v if isinstance(v, torch.Tensor) else torch.tensor(v).to(like) for v in (logvar1, logvar2))
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
                   + ((mean1 - mean2) ** 2) * torch.exp(-logvar2))
 
@@ -228,14 +231,24 @@ class GaussianDiffusion:
         return ((_extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - pred_xstart)
                 / _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape))
 
+    def condition_mean(self, cond_fn, p_mean_var: dict, x: torch.Tensor, t: torch.Tensor,
+                       model_kwargs: dict | None = None) -> torch.Tensor:
+        """Classifier guidance, Dhariwal & Nichol (2021) Alg. 1: μ + Σ·∇ log p(y|x_t) (``cond_fn`` returns the
+        gradient; it gets the same timesteps as the model)."""
+        gradient = self._wrap_model(cond_fn)(x, self._scale_timesteps(t), **(model_kwargs or {}))
+        return p_mean_var["mean"].float() + p_mean_var["variance"] * gradient.float()
+
     def p_sample(self, model, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool = True, denoised_fn=None,
-                 model_kwargs: dict | None = None, noise: torch.Tensor | None = None) -> dict:
-        """One ancestral step: mean + 1[t≠0]·exp(½ log Σ)·ε."""
+                 cond_fn=None, model_kwargs: dict | None = None, noise: torch.Tensor | None = None) -> dict:
+        """One ancestral step: mean + 1[t≠0]·exp(½ log Σ)·ε (guided-diffusion ``p_sample``); pass ``noise`` to
+        draw ε from your own generator."""
         out = self.p_mean_variance(model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
                                    model_kwargs=model_kwargs)
         if noise is None:
             noise = torch.randn_like(x)
         nonzero = (t != 0).float().view(-1, *([1] * (x.dim() - 1)))
+        if cond_fn is not None:
+            out["mean"] = self.condition_mean(cond_fn, out, x, t, model_kwargs=model_kwargs)
         sample = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
@@ -272,7 +285,8 @@ class GaussianDiffusion:
             terms["vb"] = self._vb_terms_bpd(lambda *args, r=frozen_out, **kw: r, x_start, x_t, t,
                                              clip_denoised=False)["output"]
             if self.loss_type == LossType.RESCALED_MSE:
-                terms["vb"] = terms["vb"] * self.num_timesteps / 1000.0
+                # the VLB term is divided by 1000/T (upstream: "we use the mean rather than the sum")
+                terms["vb"] = terms["vb"] * (self.num_timesteps / 1000.0)
         target = {
             ModelMeanType.PREVIOUS_X: self.q_posterior_mean_variance(x_start, x_t, t)[0],
             ModelMeanType.START_X: x_start,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,47 +13,62 @@ from torch import nn
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
-    """``torch.load(path, weights_only=True)`` with errors that name the file and what to do."""
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name the file and what to do.
+
+    Missing file → FileNotFoundError; a pickle that needs more than tensors and plain containers (arbitrary
+    classes or callables) → ValueError "not a weights-only checkpoint"; anything unreadable → ValueError."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist: put it there, or run the rule that trains or "
-                                f"downloads it (snakemake {path})")
+        raise FileNotFoundError(f"{what} {path} does not exist: put it there, or run the training/download rule "
+                                f"that makes it (snakemake {path})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(f"{what} {path} is not a weights-only checkpoint (it needs arbitrary unpickling, which cfx "
-                         f"refuses): {err}") from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"{what} {path} is not a readable torch checkpoint (truncated or corrupt?): {err}") from err
+        raise ValueError(f"{what} {path} is not a weights-only checkpoint (loading it needs arbitrary unpickling, "
+                         f"which cfx refuses): {str(err).splitlines()[0] if str(err) else err!r}") from err
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError) as err:
+        raise ValueError(f"{what} {path} is not a readable torch checkpoint (truncated, corrupt or another "
+                         f"format?): {err}") from err
 
 
 def save_checkpoint_atomic(obj: Any, path: str | Path) -> Path:
-    """Save to a temporary file in the same folder, then rename: a reader never sees half a checkpoint."""
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a reader (or a job killed
+    mid-write) never leaves half a checkpoint under ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
 def load_state_dict_strict(module: nn.Module, state_dict: dict, path: str | Path, part: str = "",
                            hint: str = "") -> nn.Module:
-    """``load_state_dict(strict=True)`` with a ValueError listing up to 10 missing/unexpected/mis-shaped keys."""
+    """``load_state_dict(strict=True)`` with a ValueError that names the file (and ``part``) and lists up to 10
+    missing, unexpected and shape-mismatched keys each, plus ``hint`` (what probably went wrong)."""
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path}" + (f" [{part}]" if part else "") + f" is not a state dict (got "
+                         f"{type(state_dict).__name__})")
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+              for k in own if k in state_dict and tuple(getattr(state_dict[k], "shape", ())) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
         where = f"{path}" + (f" [{part}]" if part else "")
-        raise ValueError(f"{where} does not match the architecture: missing {missing[:10]}, unexpected "
-                         f"{unexpected[:10]}, shape mismatches {shapes[:10]}" + (f"; {hint}" if hint else ""))
+        raise ValueError(f"{where} does not match the architecture: {len(missing)} missing {missing[:10]}, "
+                         f"{len(unexpected)} unexpected {unexpected[:10]}, {len(shapes)} shape mismatches "
+                         f"{shapes[:10]}" + (f"; {hint}" if hint else ""))
     module.load_state_dict(state_dict, strict=True)
     return module
 
 
-FEAT_CLASSIFIER_KEYS = {"feat_extract", "classifier"}
+FEAT_CLASSIFIER_KEYS = ("feat_extract", "classifier")
 
 
 def save_feat_classifier(model: nn.Module, path: str | Path) -> Path:
@@ -63,16 +79,17 @@ def save_feat_classifier(model: nn.Module, path: str | Path) -> Path:
 
 
 def read_feat_classifier(path: str | Path, what: str) -> dict:
-    """Read a ``{'feat_extract', 'classifier'}`` checkpoint, refusing any other layout with its keys named."""
+    """Read a ``{'feat_extract', 'classifier', ...}`` checkpoint; other entries (DiVE's trainer also saves
+    ``'optimizer'``) are ignored, as DiME's loaders ignore them. Any other layout is refused with its keys named."""
     state = load_checkpoint(path, what)
-    if not isinstance(state, dict) or set(state) != FEAT_CLASSIFIER_KEYS:
+    if not isinstance(state, dict) or not all(k in state for k in FEAT_CLASSIFIER_KEYS):
         keys = list(state)[:5] if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not a {what} checkpoint (expected keys feat_extract, classifier; got {keys})")
     return state
 
 
-def load_feat_classifier(model: nn.Module, state: dict, path: str | Path) -> nn.Module:
+def load_feat_classifier(model: nn.Module, state: dict, path: str | Path, hint: str = "") -> nn.Module:
     """Load both parts strictly into ``model.feat_extract`` and ``model.classifier``; returns it in eval mode."""
-    load_state_dict_strict(model.feat_extract, state["feat_extract"], path, "feat_extract")
-    load_state_dict_strict(model.classifier, state["classifier"], path, "classifier")
+    load_state_dict_strict(model.feat_extract, state["feat_extract"], path, "feat_extract", hint)
+    load_state_dict_strict(model.classifier, state["classifier"], path, "classifier", hint)
     return model.eval()
