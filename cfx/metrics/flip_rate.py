@@ -12,7 +12,7 @@ from typing import Any
 
 from cfx.io.tree import iter_instances
 from cfx.methods import EVALUATED_RESULTS
-from cfx.metrics import MetricMetadata
+from cfx.metrics import MetricContext, MetricMetadata
 
 METADATA = MetricMetadata(
     name="flip_rate",
@@ -32,7 +32,7 @@ def flip_rate(cf_preds: list[int], targets: list[int]) -> float:
     return 100.0 * sum(int(p == t) for p, t in zip(cf_preds, targets, strict=True)) / len(targets)
 
 
-def compute_tree(tree_root: Path, method: str) -> dict[str, Any]:
+def compute_tree(tree_root: Path, method: str, ctx: MetricContext | None = None) -> dict[str, Any]:
     """Flip rate over every instance of ``Results/{method}``; checks the folder agrees with the Info record."""
     cf_preds, targets = [], []
     for instance in iter_instances(tree_root, EVALUATED_RESULTS[method]):
