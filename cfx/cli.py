@@ -139,18 +139,77 @@ def merge(manifests, tree, method, out, min_flip_rate) -> None:
     click.echo(f"n={merged['n']} flip rate={merged['flip_rate']:.3f}")
 
 
+def _network_option(value: str) -> tuple[str, str, Path | None]:
+    """``ROLE=KIND:PATH`` (or ``ROLE=KIND`` for a network without checkpoint)."""
+    if "=" not in value:
+        raise click.BadParameter(f"'{value}' is not ROLE=KIND:PATH (e.g. oracle=celeba_oracle:models/oracle.pth)")
+    role, rest = value.split("=", 1)
+    kind, _, path = rest.partition(":")
+    return role, kind, Path(path) if path else None
+
+
 @main.command()
 @click.argument("name")
-@click.option("--tree", type=click.Path(exists=True, path_type=Path), help="Experiment tree results/cf/EXP.")
+@click.option("--real", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of real images.")
+@click.option("--fake", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of generated images.")
+@click.option("--tree", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Experiment tree results/cf/EXPERIMENT.")
 @click.option("--method", help="Method whose Results/ folder to read (tree metrics).")
+@click.option("--suite", "suite_name", help="Take networks and options from this suite's metrics: section "
+              "(with --experiment; checkpoints relative to the working directory).")
+@scale_option
+@click.option("--experiment", help="Suite experiment (query label, classifier) of the tree; default: the tree's name.")
+@click.option("--network", "networks", multiple=True,
+              help="ROLE=KIND:PATH, e.g. identity=vggface2:resnet50_ft_weight.pkl (repeatable; overrides the suite).")
+@click.option("--query-label", type=int, help="Query attribute (CD, COUT) when no suite is given.")
+@click.option("--data-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Dataset root in CelebA layout (CD's train-split correlations).")
+@click.option("--seed-tree", "seed_trees", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Tree of another seed run (σ_L; repeatable).")
+@click.option("--option", "options", multiple=True, help="KEY=VALUE metric option (e.g. seed=0 for sfid).")
+@click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Also write the JSON here.")
-def metric(name, tree, method, out) -> None:
-    """Compute metric NAME and print it as JSON."""
-    from cfx.metrics import compute_tree_metric
+def metric(name, real, fake, tree, method, suite_name, scale, experiment, networks, query_label, data_root, seed_trees,
+           options, device, out) -> None:
+    """Compute metric NAME on two folders (--real, --fake: FID, sFID) or on a results tree (--tree, --method) and
+    print it as JSON."""
+    from cfx.metrics import MetricContext, NetworkRef, compute_folder_metric, compute_tree_metric
+    from cfx.runtime.device import select_device
+    from cfx.suite import metric_networks
 
-    if tree is None or method is None:
-        raise click.UsageError("tree metrics need --tree results/cf/EXPERIMENT and --method METHOD")
-    click.echo(json.dumps(compute_tree_metric(name, tree_root=tree, method=method, out_path=out), indent=1))
+    ctx = MetricContext(device=str(select_device(device)), data_root=data_root, seed_trees=list(seed_trees))
+    if suite_name:
+        spec = _suite(suite_name, scale)
+        experiment = experiment or (tree.name if tree else None)
+        if experiment is None:
+            raise click.UsageError("--suite needs --experiment (or --tree named after the experiment)")
+        ctx.experiment = dict(section_entry(spec, "experiments", experiment))
+        ctx.options = dict((spec["metrics"].get(name) or {}).get("options", {}))
+        for role, n in metric_networks(spec, name, experiment).items():
+            ctx.networks[role] = NetworkRef(role, n["name"], Path(n["checkpoint"]) if n["checkpoint"] else None,
+                                            n["spec"])
+    for value in networks:
+        role, kind, path = _network_option(value)
+        ctx.networks[role] = NetworkRef(role, f"{role} (--network)", path, {"kind": kind})
+    if query_label is not None:
+        ctx.experiment["query_label"] = query_label
+    for value in options:
+        key, _, raw = value.partition("=")
+        try:
+            ctx.options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            ctx.options[key] = raw
+    if real is not None or fake is not None:
+        if real is None or fake is None:
+            raise click.UsageError("folder metrics need both --real and --fake")
+        result = compute_folder_metric(name, real=real, fake=fake, ctx=ctx, out_path=out)
+    elif tree is not None and method is not None:
+        result = compute_tree_metric(name, tree_root=tree, method=method, ctx=ctx, out_path=out)
+    else:
+        raise click.UsageError("give --real A --fake B (folder metrics) or --tree results/cf/EXPERIMENT --method "
+                               "METHOD (tree metrics)")
+    click.echo(json.dumps(result, indent=1, default=str))
 
 
 @main.command()

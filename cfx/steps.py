@@ -43,4 +43,9 @@ def train_from_spec(
             data_root, out_path, arch=spec.get("arch", {}), image_size=int(spec["image_size"]), device=device,
             **options,
         )
-    raise ValueError(f"unknown model kind '{kind}' (expected ddpm, classifier or oracle)")
+    if kind == "identity":
+        return train.train_identity(
+            data_root, out_path, arch=spec.get("arch", {}), image_size=int(spec["image_size"]), device=device,
+            **options,
+        )
+    raise ValueError(f"unknown model kind '{kind}' (expected ddpm, classifier, oracle or identity)")

@@ -46,7 +46,67 @@ def load_suite(path: str | Path, scale: str | None = None) -> dict[str, Any]:
         suite = deep_merge(suite, scales[scale])
     suite["_path"] = str(path)
     suite["_scale"] = scale or "default"
+    suite["metrics"] = suite.get("metrics") or {}
+    _check_metric_names(suite, path)
+    add_seed_experiments(suite)
     return suite
+
+
+def _check_metric_names(suite: dict, path: Path) -> None:
+    from cfx.metrics import METRICS
+
+    named = [(f"metrics: {name}", name) for name in suite["metrics"]]
+    named += [(f"tables: {table}: metrics", name) for table, spec in (suite.get("tables") or {}).items()
+              for name in (spec or {}).get("metrics", [])]
+    for where, name in named:
+        if name not in METRICS:
+            raise SuiteError(f"{path}: {where} names unknown metric '{name}'; known: {', '.join(sorted(METRICS))}")
+
+
+def seed_experiment_name(experiment: str, seed: int) -> str:
+    return f"{experiment}_seed{seed}"
+
+
+def add_seed_experiments(suite: dict) -> None:
+    """Add the extra-seed runs σ_L needs (``metrics.sigma_l``: ``seeds``, ``experiments``, ``max_images``) as
+    experiments ``{experiment}_seed{s}``: the same settings with another seed and at most ``max_images``."""
+    spec = (suite.get("metrics") or {}).get("sigma_l") or {}
+    for experiment in spec.get("experiments", []):
+        base = section_entry(suite, "experiments", experiment)
+        for seed in spec.get("seeds", []):
+            derived = copy.deepcopy(base)
+            derived["seed"] = int(seed)
+            if spec.get("max_images"):
+                derived["max_images"] = min(int(spec["max_images"]), int(base.get("max_images") or spec["max_images"]))
+            derived["seed_run_of"] = experiment
+            suite["experiments"][seed_experiment_name(experiment, seed)] = derived
+
+
+def seed_trees(suite: dict, experiment: str) -> list[str]:
+    """Experiments holding the extra-seed runs of ``experiment`` (empty when σ_L does not cover it)."""
+    spec = (suite.get("metrics") or {}).get("sigma_l") or {}
+    if experiment not in spec.get("experiments", []):
+        return []
+    return [seed_experiment_name(experiment, s) for s in spec.get("seeds", [])]
+
+
+def metric_networks(suite: dict, metric: str, experiment: str) -> dict[str, dict[str, Any]]:
+    """Networks of a metric by role: ``{role: {"name", "checkpoint" (or None), "spec"}}``. A string in
+    ``metrics.<metric>.networks`` names a ``models:`` entry (checkpoint ``resources/checkpoints/<name>.pt``), a
+    mapping is an inline network without checkpoint; COUT's ``classifier`` is the experiment's classifier."""
+    spec = (suite.get("metrics") or {}).get(metric) or {}
+    networks: dict[str, dict[str, Any]] = {}
+    for role, value in (spec.get("networks") or {}).items():
+        if isinstance(value, str):
+            networks[role] = {"name": value, "checkpoint": f"resources/checkpoints/{value}.pt",
+                              "spec": section_entry(suite, "models", value)}
+        else:
+            networks[role] = {"name": f"{metric}.{role}", "checkpoint": None, "spec": dict(value)}
+    if metric == "cout":
+        name = section_entry(suite, "experiments", experiment)["classifier"]
+        networks.setdefault("classifier", {"name": name, "checkpoint": f"resources/checkpoints/{name}.pt",
+                                           "spec": section_entry(suite, "models", name)})
+    return networks
 
 
 def section_entry(suite: dict, section: str, name: str) -> dict:

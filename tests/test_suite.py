@@ -25,16 +25,45 @@ def test_mini_suite_valid_and_ci_scale_smaller():
         jsonschema.validate(suite, schema)
     assert ci["models"]["mini_ddpm"]["train"]["steps"] < full["models"]["mini_ddpm"]["train"]["steps"]
     assert ci["models"]["mini_ddpm"]["train"]["lr"] == full["models"]["mini_ddpm"]["train"]["lr"]
-    assert {e: s["query_label"] for e, s in full["experiments"].items()} == {"celeba_smile": 31, "celeba_young": 39}
+    assert {e: s["query_label"] for e, s in full["experiments"].items()} == {
+        "celeba_smile": 31, "celeba_young": 39, "celeba_smile_seed5": 31, "celeba_smile_seed6": 31}
     assert table_pairs(full, "table1") == [("celeba_smile", "dime"), ("celeba_smile", "ace"),
                                            ("celeba_young", "dime"), ("celeba_young", "ace")]
 
 
 def test_unknown_names_give_clear_errors(tmp_path):
     suite = load_suite(ROOT / "workflow/suites/mini.yaml")
-    with pytest.raises(SuiteError, match="experiment 'nope' is not defined.*known: celeba_smile, celeba_young"):
+    with pytest.raises(SuiteError, match="experiment 'nope' is not defined.*known: celeba_smile, celeba_smile_seed5"):
         section_entry(suite, "experiments", "nope")
     with pytest.raises(SuiteError, match="has no scale 'huge'"):
         load_suite(ROOT / "workflow/suites/mini.yaml", "huge")
     with pytest.raises(SuiteError, match="does not exist"):
         load_suite(tmp_path / "missing.yaml")
+
+
+def test_sigma_l_seed_runs_and_metric_networks():
+    from cfx.suite import metric_networks, seed_trees
+
+    suite = load_suite(ROOT / "workflow/suites/mini.yaml")
+    base = suite["experiments"]["celeba_smile"]
+    derived = suite["experiments"]["celeba_smile_seed5"]
+    assert derived["seed"] == 5 and derived["max_images"] == 8 and derived["seed_run_of"] == "celeba_smile"
+    assert {k: v for k, v in derived.items() if k not in ("seed", "max_images", "seed_run_of")} == {
+        k: v for k, v in base.items() if k != "max_images"}
+    assert seed_trees(suite, "celeba_smile") == ["celeba_smile_seed5", "celeba_smile_seed6"]
+    assert seed_trees(suite, "celeba_young") == []
+    assert metric_networks(suite, "mnac", "celeba_smile") == {"oracle": {
+        "name": "mini_oracle", "checkpoint": "resources/checkpoints/mini_oracle.pt",
+        "spec": suite["models"]["mini_oracle"]}}
+    assert metric_networks(suite, "cout", "celeba_young")["classifier"]["name"] == "mini_classifier"
+    assert metric_networks(suite, "sigma_l", "celeba_smile")["lpips"]["checkpoint"] is None
+    assert load_suite(ROOT / "workflow/suites/mini.yaml", "ci")["experiments"]["celeba_smile_seed6"]["max_images"] == 2
+
+
+def test_unknown_metric_in_suite_is_named(tmp_path):
+    spec = yaml.safe_load((ROOT / "workflow/suites/mini.yaml").read_text())
+    spec["tables"]["table1"]["metrics"].append("fidd")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SuiteError, match="tables: table1: metrics names unknown metric 'fidd'"):
+        load_suite(path)

@@ -47,7 +47,8 @@ def _resize(x: torch.Tensor, size: int | None, mode: str = "bilinear") -> torch.
 
 
 def _mini_feature_net(ref: NetworkRef, device: str) -> torch.nn.Module:
-    """The mini oracle or identity network (``AttributeOracle`` layout; output count read from the file)."""
+    """The mini oracle or identity network (``AttributeOracle`` layout; widths and output count read from the file
+    where the suite entry does not give them)."""
     from cfx.models.oracle import AttributeOracle
     from cfx.runtime.checkpoints import load_feat_classifier, read_feat_classifier
 
@@ -55,7 +56,9 @@ def _mini_feature_net(ref: NetworkRef, device: str) -> torch.nn.Module:
         raise ValueError(f"network '{ref.name}' has kind '{ref.kind}', expected oracle or identity")
     path = _checkpoint(ref)
     state = read_feat_classifier(path, f"mini {ref.kind} network")
-    arch = {k: v for k, v in ref.spec.get("arch", {}).items() if k != "num_attributes"}
+    features = state["feat_extract"]
+    arch = {"width": int(features["stem.0.weight"].shape[0]), "feature_dim": int(features["project.weight"].shape[0])}
+    arch.update({k: v for k, v in ref.spec.get("arch", {}).items() if k != "num_attributes"})
     net = AttributeOracle(num_attributes=int(state["classifier"]["weight"].shape[0]), **arch)
     return load_feat_classifier(net, state, path).to(device).requires_grad_(False)
 

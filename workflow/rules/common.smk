@@ -8,7 +8,9 @@ from cfx.metrics import METRICS
 from cfx.suite import (
     experiment_methods,
     load_suite,
+    metric_networks,
     section_entry,
+    seed_trees,
     table_pairs,
 )
 
@@ -156,6 +158,46 @@ def table_inputs(wildcards):
 
 def table_spec(wildcards):
     return section_entry(SUITE, "tables", wildcards.table)
+
+
+def experiment_seed(wildcards):
+    """The experiment's own seed (σ_L's extra-seed runs) or config['seed']."""
+    return int(experiment_spec(wildcards).get("seed", config["seed"]))
+
+
+# Metrics that load no network run without a GPU.
+CPU_METRICS = ("flip_rate", "l1", "l2")
+
+
+def metric_inputs(wildcards):
+    """The merged tree, the checkpoints of the metric's networks, the dataset index (CD reads the train
+    labels) and, for σ_L, the merged trees of the extra-seed runs."""
+    inputs = {"merged": f"results/cf/{wildcards.experiment}/{wildcards.method}.merged.json"}
+    networks = metric_networks(SUITE, wildcards.metric, wildcards.experiment)
+    for role, network in networks.items():
+        if network["checkpoint"]:
+            inputs[f"network_{role}"] = network["checkpoint"]
+    if wildcards.metric == "cd":
+        inputs["index"] = f"results/data/{experiment_spec(wildcards)['dataset']}/index.csv"
+    if wildcards.metric == "sigma_l":
+        inputs["seed_runs"] = [
+            f"results/cf/{run}/{wildcards.method}.merged.json" for run in seed_trees(SUITE, wildcards.experiment)
+        ]
+    return inputs
+
+
+def metric_params(wildcards):
+    """What the metric script needs besides files: the experiment, networks by role and options."""
+    spec = SUITE["metrics"].get(wildcards.metric) or {}
+    return {
+        "experiment": experiment_params(wildcards),
+        "networks": metric_networks(SUITE, wildcards.metric, wildcards.experiment),
+        "options": spec.get("options", {}),
+    }
+
+
+def metric_gpu(wildcards):
+    return 0 if wildcards.metric in CPU_METRICS else 1
 
 
 def sanity_params(wildcards):

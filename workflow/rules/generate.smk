@@ -10,7 +10,7 @@ rule generate:
         experiment=experiment_params,
         method=generation_method_spec,
         models=generation_models,
-        seed=config["seed"],
+        seed=experiment_seed,
         device=config["device"],
     resources:
         gpu=1,
@@ -31,7 +31,7 @@ rule ace_postprocess:
         experiment=experiment_params,
         method=ace_spec,
         models=generation_models,
-        seed=config["seed"],
+        seed=experiment_seed,
         device=config["device"],
     resources:
         gpu=1,
