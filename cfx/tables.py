@@ -20,7 +20,8 @@ from cfx.metrics import metric_metadata
 
 CSV_COLUMNS = [
     "table", "task", "experiment", "method", "metric", "value", "unit", "higher_is_better", "n",
-    "flip_rate", "published", "difference", "published_source", "stand_ins", "suite", "scale", "commit",
+    "flip_rate", "published", "difference", "published_source", "stand_ins", "not_applicable", "suite", "scale",
+    "commit",
 ]
 
 
@@ -59,7 +60,7 @@ def table_rows(
                 result = metrics[(experiment, method, metric)]
                 meta = metric_metadata(metric)
                 published, source = _published(spec, task, method, metric)
-                value = float(result["value"])
+                value = float("nan") if result.get("value") is None else float(result["value"])
                 rows.append({
                     "table": table,
                     "task": task,
@@ -72,9 +73,10 @@ def table_rows(
                     "n": int(result.get("n", merged[(experiment, method)]["n"])),
                     "flip_rate": round(100.0 * merged[(experiment, method)]["flip_rate"], 4),
                     "published": published,
-                    "difference": None if published is None else value - published,
+                    "difference": None if published is None or math.isnan(value) else value - published,
                     "published_source": source if published is not None else "no published value known",
                     "stand_ins": result.get("metadata", {}).get("stand_in", "") or "",
+                    "not_applicable": result.get("not_applicable", ""),
                     "suite": suite,
                     "scale": scale,
                     "commit": commit,
@@ -84,7 +86,7 @@ def table_rows(
 
 def _fmt(value: float) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+        return "n/a"
     return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
 
 
@@ -98,7 +100,7 @@ def wide_view(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[b
     for task, metric in columns:
         sub = df[(df["task"] == task) & (df["metric"] == metric)]
         hib = bool(sub["higher_is_better"].iloc[0])
-        best[(task, metric)] = sub["value"].max() if hib else sub["value"].min()
+        best[(task, metric)] = sub["value"].max() if hib else sub["value"].min()  # NaN (n/a) skipped
     for method in methods:
         row, row_bold = [method], [False]
         for task, metric in columns:
@@ -121,6 +123,8 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
     stand_ins = sorted({s for s in df["stand_ins"] if s})
     if stand_ins:
         lines.append("stand-ins: " + "; ".join(stand_ins))
+    for _, row in df[df["not_applicable"].astype(bool)].iterrows():
+        lines.append(f"n/a: {row['task']} {row['method']} {row['metric']}: {row['not_applicable']}")
     return "\n".join(lines) + "\n"
 
 

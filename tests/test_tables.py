@@ -62,3 +62,31 @@ def test_flip_rate_reference():
     assert flip_rate([], []) == 0.0
     with pytest.raises(ValueError):
         flip_rate([1], [1, 0])
+
+
+def test_not_applicable_and_lower_is_better(tmp_path):
+    """A metric with no instances to read is n/a with its reason; MNAC (lower is better) bolds the minimum."""
+    from cfx.io.tree import OutputTree
+    from cfx.metrics import MetricContext, compute_tree_metric
+
+    tree = OutputTree(tmp_path / "cf" / "celeba_smile", "dime")
+    tree.prepare()  # no instance at all: nothing to read
+    na = compute_tree_metric("mnac", tree_root=tree.root, method="dime", ctx=MetricContext())
+    assert na["value"] is None and "found no instances" in na["not_applicable"]
+    spec = {"title": "MNAC", "methods": ["dime", "ace", "gcd"], "tasks": {"smile": "celeba_smile"},
+            "metrics": ["mnac"]}
+    metric_files, merged_files = [], []
+    for method, result in (("dime", na), ("ace", {"value": 3.5, "n": 4}), ("gcd", {"value": 2.0, "n": 4})):
+        path = tmp_path / "metrics" / "celeba_smile" / method / "mnac.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"metric": "mnac", "method": method, **result}))
+        metric_files.append(path)
+        merged = tmp_path / "cf" / "celeba_smile" / f"{method}.merged.json"
+        merged.write_text(json.dumps({"method": method, "n": 4, "flip_rate": 0.5}))
+        merged_files.append(merged)
+    out = tmp_path / "tables" / "t.csv"
+    df = build_table("t", spec, metric_files=metric_files, merged_files=merged_files, out_csv=out, suite="mini")
+    assert pd.isna(df.iloc[0].value) and "found no instances" in df.iloc[0].not_applicable
+    md = out.with_suffix(".md").read_text()
+    assert "| dime | n/a |" in md and "| ace | 3.50 |" in md and "| gcd | **2.00** |" in md
+    assert "n/a: smile dime mnac:" in md

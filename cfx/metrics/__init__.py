@@ -38,6 +38,11 @@ CORRECTLY_CLASSIFIED = ("CC/CCF", "CC/ICF")
 ALL_SUBSETS = ("CC/CCF", "CC/ICF", "IC/CCF", "IC/ICF")
 
 
+class NotApplicable(ValueError):
+    """The metric is undefined on this tree (e.g. no successful counterfactual to read): the result JSON records
+    the reason with ``value: null`` and the tables show "n/a" with it, instead of the workflow failing."""
+
+
 @dataclass(frozen=True)
 class MetricMetadata:
     """What a metric is and where it comes from."""
@@ -132,10 +137,13 @@ def compute_tree_metric(name: str, *, tree_root: Path, method: str, ctx: MetricC
     """Compute a metric on ``tree_root`` (the upstream tree of one experiment) and write it as JSON."""
     module = get_metric(name)
     ctx = ctx or MetricContext()
-    if name in ("l1", "l2"):
-        result = module.compute_tree(Path(tree_root), method, ctx, norm=name)
-    else:
-        result = module.compute_tree(Path(tree_root), method, ctx)
+    try:
+        if name in ("l1", "l2"):
+            result = module.compute_tree(Path(tree_root), method, ctx, norm=name)
+        else:
+            result = module.compute_tree(Path(tree_root), method, ctx)
+    except NotApplicable as reason:
+        result = {"value": None, "n": 0, "not_applicable": str(reason)}
     return _finish(name, result, {"method": method, "tree": str(tree_root)}, out_path)
 
 

@@ -10,14 +10,14 @@ import torch
 from tqdm import tqdm
 
 from cfx.io.images import load_image
-from cfx.metrics import iter_pairs
+from cfx.metrics import NotApplicable, iter_pairs
 
 
 def collect_pairs(tree_root: Path, method: str, subsets: tuple[str, ...], metric: str) -> list[dict[str, Any]]:
-    """The instances a metric reads; none is an error naming the folders (the metric would be undefined)."""
+    """The instances a metric reads; none makes the metric not applicable (the reason names the folders)."""
     pairs = list(iter_pairs(tree_root, method, subsets))
     if not pairs:
-        raise ValueError(f"metric '{metric}' found no instances of method '{method}' under {tree_root}/Results in "
+        raise NotApplicable(f"metric '{metric}' found no instances of method '{method}' under {tree_root}/Results in "
                          f"{', '.join(subsets)}")
     return pairs
 

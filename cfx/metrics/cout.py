@@ -82,10 +82,10 @@ def cout_scores(originals: torch.Tensor, cfs: torch.Tensor, classifier: Callable
 
 
 def compute_tree(tree_root: Path, method: str, ctx: MetricContext) -> dict[str, Any]:
+    pairs = collect_pairs(tree_root, method, CORRECTLY_CLASSIFIED, "cout")
     ref = ctx.network("classifier", "cout")
     query = int(ctx.experiment["query_label"])
     logits = load_classifier_logits(ref, query, ctx.device)
-    pairs = collect_pairs(tree_root, method, CORRECTLY_CLASSIFIED, "cout")
     target = ctx.options.get("target_label")
     scores, c_curves, c_prime_curves = [], [], []
     originals = image_batches([p["original_path"] for p in pairs], BATCH_SIZE, "cout")

@@ -32,9 +32,9 @@ BATCH_SIZE = 15  # upstream DataLoader batch size (does not change the value)
 def oracle_decisions(tree_root: Path, method: str, ctx: MetricContext, metric: str) -> tuple[np.ndarray, np.ndarray,
                                                                                              dict[str, Any]]:
     """Oracle decisions ``p > 0.5`` (n, 40) of the originals and of the successful CFs, and the oracle's ref."""
+    pairs = collect_pairs(tree_root, method, SUCCESSFUL, metric)
     ref = ctx.network("oracle", metric)
     oracle = load_oracle_probabilities(ref, ctx.device)
-    pairs = collect_pairs(tree_root, method, SUCCESSFUL, metric)
     decisions = {}
     for key in ("original_path", "cf_path"):
         paths = [p[key] for p in pairs]
