@@ -238,15 +238,22 @@ def table(name, suite, scale, results, out) -> None:
 
 
 @main.command()
-@click.option("--tree", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--method", required=True)
+@click.option("--tree", type=click.Path(exists=True, path_type=Path), help="Experiment tree (grid figure).")
+@click.option("--method", help="Method of the grid figure.")
+@click.option("--table", "table_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A table CSV (summary figure, one panel per metric).")
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--n-images", default=8, show_default=True)
-def figure(tree, method, out, n_images) -> None:
-    """Original | counterfactual | difference grid of one (experiment, method)."""
-    from cfx.figures import grid_figure
+def figure(tree, method, table_csv, out, n_images) -> None:
+    """Original | counterfactual | difference grid of one (experiment, method), or a table's summary figure."""
+    from cfx.figures import grid_figure, table_figure
 
-    click.echo(grid_figure(tree, method, out, n_images=n_images, title=f"{method} on {tree.name}"))
+    if table_csv is not None:
+        click.echo(table_figure(table_csv, out))
+    elif tree is not None and method is not None:
+        click.echo(grid_figure(tree, method, out, n_images=n_images, title=f"{method} on {tree.name}"))
+    else:
+        raise click.UsageError("give --tree and --method (grid figure) or --table CSV (summary figure)")
 
 
 if __name__ == "__main__":

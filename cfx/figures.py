@@ -54,3 +54,63 @@ def grid_figure(tree_root: Path, method: str, out_path: Path, *, n_images: int =
     plt.close(fig)
     os.replace(tmp, out_path)
     return out_path
+
+
+def table_figure(table_csv: Path, out_path: Path, *, title: str = "") -> Path:
+    """One panel per metric of a table CSV (:mod:`cfx.tables`): bars per method grouped by task, the published
+    value as a black tick where the suite has one, "n/a" where the metric is not applicable; ↑/↓ in each panel
+    title says which direction is better."""
+    import pandas as pd
+
+    df = pd.read_csv(table_csv)
+    if df.empty:
+        raise ValueError(f"{table_csv} has no rows")
+    metrics = list(dict.fromkeys(df["metric"]))
+    tasks = list(dict.fromkeys(df["task"]))
+    methods = list(dict.fromkeys(df["method"]))
+    columns = min(4, len(metrics))
+    rows = -(-len(metrics) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), squeeze=False)
+    width = 0.8 / len(methods)
+    colours = plt.get_cmap("tab10")
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        sub = df[df["metric"] == metric]
+        for m, method in enumerate(methods):
+            for t, task in enumerate(tasks):
+                row = sub[(sub["method"] == method) & (sub["task"] == task)]
+                if row.empty:
+                    continue
+                x = t - 0.4 + width * (m + 0.5)
+                value = row["value"].iloc[0]
+                if pd.isna(value):
+                    ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
+                else:
+                    ax.bar(x, value, width, color=colours(m), label=method if t == 0 else None)
+                published = row["published"].iloc[0]
+                if not pd.isna(published):
+                    ax.plot([x - width / 2, x + width / 2], [published, published], color="black", lw=2)
+        arrow = "↑" if bool(sub["higher_is_better"].iloc[0]) else "↓"
+        unit = sub["unit"].dropna().iloc[0] if not sub["unit"].dropna().empty else ""
+        ax.set_title(f"{metric} {arrow}" + (f" ({unit})" if unit else ""), fontsize=9)
+        ax.set_xticks(range(len(tasks)), tasks, fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if df["published"].notna().any():
+        handles.append(plt.Line2D([], [], color="black", lw=2))
+        labels.append("published")
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    stand_ins = sorted({s for s in df["stand_ins"].dropna() if s})
+    fig.suptitle(title or Path(table_csv).stem, fontsize=10)
+    if stand_ins:
+        fig.text(0.5, 0.94, "mini stand-in networks: see the table's stand_ins column", ha="center", fontsize=7,
+                 color="dimgray")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.93))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.stem}.tmp{os.getpid()}{out_path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, out_path)
+    return out_path

@@ -90,3 +90,17 @@ def test_not_applicable_and_lower_is_better(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "| dime | n/a |" in md and "| ace | 3.50 |" in md and "| gcd | **2.00** |" in md
     assert "n/a: smile dime mnac:" in md
+
+
+def test_table_figure_png(tmp_path):
+    from PIL import Image
+
+    from cfx.figures import table_figure
+
+    metric_files, merged_files = _write_inputs(tmp_path)
+    out = tmp_path / "tables" / "t.csv"
+    build_table("t", SPEC, metric_files=metric_files, merged_files=merged_files, out_csv=out, suite="mini")
+    png = table_figure(out, tmp_path / "fig" / "t.png", title="Test table")
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] >= 300
+    assert not list((tmp_path / "fig").glob(".*tmp*"))

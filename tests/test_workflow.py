@@ -32,9 +32,11 @@ def test_dry_run_plans_the_mini_dag(tmp_path):
     result = _run(["-n", "--quiet", "rules"], wf)
     assert result.returncode == 0, result.stderr
     plan = result.stdout + result.stderr
-    for rule, count in [("synth_dataset", 1), ("index_dataset", 1), ("train_model", 2), ("generate", 8),
-                        ("ace_postprocess", 4), ("merge_chunks", 4), ("metric", 4), ("grid_figure", 4),
-                        ("table", 1)]:
+    # 2 tasks + sigma_L's 2 extra-seed runs of the smile task, 2 methods, 2 chunks; 4 networks (DDPM,
+    # classifier, oracle, identity); metrics: table1 8 x 4 (task, method) pairs + table_extra 4 x 2
+    for rule, count in [("synth_dataset", 1), ("index_dataset", 1), ("train_model", 4), ("generate", 16),
+                        ("ace_postprocess", 8), ("merge_chunks", 8), ("metric", 40), ("grid_figure", 4),
+                        ("table", 2), ("table_figure", 2)]:
         assert any(line.split()[:2] == [rule, str(count)] for line in plan.splitlines()), (rule, plan)
 
 
@@ -42,7 +44,7 @@ def test_chunk_count_comes_from_config(tmp_path):
     wf = _copy_workflow(tmp_path)
     result = _run(["-n", "--quiet", "rules", "--config", "chunks=5"], wf)
     assert result.returncode == 0, result.stderr
-    assert any(line.split()[:2] == ["generate", "20"] for line in (result.stdout + result.stderr).splitlines())
+    assert any(line.split()[:2] == ["generate", "40"] for line in (result.stdout + result.stderr).splitlines())
 
 
 def test_lint_is_clean(tmp_path):
@@ -75,10 +77,22 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
     wf = _copy_workflow(tmp_path)
     result = _run(["--cores", "2", "--config", "scale=ci"], wf)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    table = pd.read_csv(wf / "results/tables/table1.csv")
+    table = pd.read_csv(wf / "results/tables/table1.csv", keep_default_na=False, na_values=[""])
     assert set(table["task"]) == {"smile", "age"} and set(table["method"]) == {"dime", "ace"}
-    assert (table["n"] == 6).all() and table["value"].between(0, 100).all()
-    assert (wf / "results/tables/table1.md").exists() and (wf / "results/tables/table1.tex").exists()
+    assert set(table["metric"]) == {"fid", "sfid", "fva", "fs", "mnac", "cd", "cout", "flip_rate"}
+    flips = table[table["metric"] == "flip_rate"]
+    assert (flips["n"] == 6).all() and flips["value"].between(0, 100).all()
+    # every cell is a number or n/a with its reason (e.g. no successful CF at CI scale)
+    assert (table["value"].notna() | (table["not_applicable"] != "")).all()
+    assert (table["n"] <= 6).all()
+    assert table[table["metric"] == "mnac"]["stand_ins"].str.contains("mini oracle").all()
+    extra = pd.read_csv(wf / "results/tables/table_extra.csv", keep_default_na=False, na_values=[""])
+    assert set(extra["metric"]) == {"sigma_l", "s3", "l1", "l2"} and set(extra["task"]) == {"smile"}
+    sigma = extra[extra["metric"] == "sigma_l"]
+    assert (sigma["value"].notna() & (sigma["n"] == 2)).all()  # stems in all three seed runs (2 at CI scale)
+    for name in ("table1", "table_extra"):
+        assert (wf / f"results/tables/{name}.md").exists() and (wf / f"results/tables/{name}.tex").exists()
+        assert (wf / f"results/figures/tables/{name}.png").stat().st_size > 1000
     for experiment in ("celeba_smile", "celeba_young"):
         assert (wf / f"results/figures/{experiment}/dime_grid.png").stat().st_size > 1000
         tree = wf / "results/cf" / experiment
@@ -125,3 +139,4 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
     with zipfile.ZipFile(wf / "report.zip") as archive:
         names = archive.namelist()
     assert any(n.endswith("table1.csv") for n in names) and any(n.endswith("dime_grid.png") for n in names)
+    assert any(n.endswith("table_extra.png") for n in names)

@@ -42,6 +42,7 @@ wildcard_constraints:
 def get_final_outputs():
     """Every table of the active suite (or config['tables']) and the figures of what they show."""
     outputs = expand("results/tables/{table}.csv", table=TABLES)
+    outputs += expand("results/figures/tables/{table}.png", table=TABLES)
     for table in TABLES:
         for experiment, method in table_pairs(SUITE, table):
             outputs.append(f"results/figures/{experiment}/{method}_grid.png")

@@ -9,7 +9,7 @@ rule table:
             "results/tables/{table}.csv",
             caption="../report/table.rst",
             category="Tables",
-            labels={"table": "{table}"},
+            labels={"table": "{table}", "view": "table"},
         ),
         markdown="results/tables/{table}.md",
         latex="results/tables/{table}.tex",
@@ -43,3 +43,23 @@ rule grid_figure:
         ENV
     script:
         "../scripts/grid_figure.py"
+
+
+rule table_figure:
+    input:
+        csv="results/tables/{table}.csv",
+    output:
+        figure=report(
+            "results/figures/tables/{table}.png",
+            caption="../report/table_figure.rst",
+            category="Tables",
+            labels={"table": "{table}", "view": "figure"},
+        ),
+    params:
+        title=lambda wildcards: table_spec(wildcards)["title"],
+    log:
+        "logs/figures/tables/{table}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/table_figure.py"
