@@ -203,3 +203,17 @@ def test_summary_file_has_exactly_the_upstream_layout(tmp_path):
     assert summary["class-cor"]["cf-inc"] == {"bkl": 0.75, "l_1": 0.25, "n": 1}
     assert summary["class-inc"]["cf-inc"] == {"bkl": 0, "l_1": 0, "n": 0}  # empty group: 0, as upstream's mean()
     assert not list(tmp_path.glob(".*"))
+
+
+def test_shared_tree_pairs_each_cf_with_its_methods_original(tmp_path):
+    """DiME (.jpg) and ACE (.png) write their own copy of the same original into one tree's Original/."""
+    dime = OutputTree(tmp_path, "dime", ext="jpg")
+    ace = OutputTree(tmp_path, "ace/explanation", ext="png", info_format="ace")
+    for tree in (dime, ace):
+        tree.prepare()
+        _write(tree, "0000003", 1, 1, 0, 0)
+    assert {p.name for p in (tmp_path / "Original/Correct").iterdir()} == {"0000003.jpg", "0000003.png"}
+    (ace_instance,) = iter_instances(tmp_path, "ace/explanation")
+    (dime_instance,) = iter_instances(tmp_path, "dime")
+    assert ace_instance["original_path"].name == "0000003.png"
+    assert dime_instance["original_path"].name == "0000003.jpg"

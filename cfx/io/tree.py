@@ -169,7 +169,10 @@ def iter_instances(root: Path, exp_name: str, subsets: tuple[str, ...] = SUBSETS
         for info_path in sorted((results / subset / "Info").glob("*.txt")):
             stem = info_path.stem
             cf = next(iter(sorted((results / subset / "CF").glob(f"{stem}.*"))), None)
-            original = next(iter(sorted((root / "Original").glob(f"*/{stem}.*"))), None)
+            # methods sharing a tree write their own copy of the original (DiME .jpg, ACE .png): take the CF's
+            originals = sorted((root / "Original").glob(f"*/{stem}.*"))
+            original = next((p for p in originals if cf is not None and p.suffix == cf.suffix),
+                            originals[0] if originals else None)
             if cf is None or original is None:
                 raise FileNotFoundError(f"{info_path} has no matching CF or Original image under {root}")
             yield {"stem": stem, "subset": subset, "info_path": info_path, "info": read_info(info_path),
