@@ -112,14 +112,22 @@ def load_face_features(ref: NetworkRef, device: str = "cpu") -> Callable[[Sequen
     raise ValueError(f"network '{ref.name}' of kind '{ref.kind}' cannot embed faces (kinds: vggface2, identity)")
 
 
-def load_fid_features(ref: NetworkRef | None, device: str = "cpu") -> Batch:
-    """[0,1] images → the Fréchet features: pytorch-fid's InceptionV3 pool3 (2048-d) for kind ``inception`` or
-    no network given; the mini oracle's 128-d features for kind ``oracle``."""
+def load_fid_features(ref: NetworkRef | None, device: str = "cpu", dims: int = 2048) -> Batch:
+    """[0,1] images → the Fréchet features: pytorch-fid's InceptionV3 for kind ``inception`` or no network given
+    (``dims`` as its ``--dims``: 2048 = pool3, the FID; 64/192/768 = earlier blocks, spatially averaged as
+    ``get_activations`` does); the mini oracle's 128-d features for kind ``oracle`` (``dims`` unused)."""
     if ref is None or ref.kind == "inception":
         from cfx.models.fid_inception import load_fid_inception
 
-        net = load_fid_inception(device)
-        return lambda x: net(x.to(device))[0].flatten(1)
+        net = load_fid_inception(device, dims=dims)
+
+        def inception_features(x: torch.Tensor) -> torch.Tensor:
+            out = net(x.to(device))[0]
+            if out.shape[2:] != (1, 1):
+                out = F.adaptive_avg_pool2d(out, output_size=(1, 1))
+            return out.flatten(1)
+
+        return inception_features
     if ref.kind == "oracle":
         net = _mini_feature_net(ref, device)
         size = ref.spec.get("image_size")
