@@ -1,5 +1,5 @@
 """Verified downloads (cfx.runtime.download) against a loopback HTTP server: retries, truncation, checksums, trust on
-first use, archive members, files placed by hand."""
+first use, archive members, files placed by hand; the paper registry."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cfx.runtime import download as dl
 from cfx.runtime.download import ChecksumError, DownloadError, download, fetch_checkpoint
@@ -301,3 +302,33 @@ def test_google_drive_ids_go_through_gdown(monkeypatch, tmp_path):
     assert calls == ["17iB1aL4xctDukov-OIDuKqZdQ9YB1ZQz", "169fhxn5X2_1-5vWTepkKJZRMdr8z4b9p"]
     assert (tmp_path / "g.pt").read_bytes() == BODY
     assert dl.gdrive_id("https://huggingface.co/guillaumejs2403/DiME/resolve/main/ddpm-celeba.pt") is None
+
+
+# --- the registry in workflow/suites/paper.yaml ---------------------------------------------------------------------
+
+
+def test_paper_registry_is_valid_and_complete():
+    import jsonschema
+
+    from cfx.suite import load_suite
+
+    suite = load_suite(ROOT / "workflow" / "suites" / "paper.yaml")
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "suite.schema.yaml").read_text())
+    jsonschema.validate({k: v for k, v in suite.items() if not k.startswith("_")}, schema)
+    registry = suite["checkpoints"]
+    files = [dl.checkpoint_filename(name, spec) for name, spec in registry.items()]
+    assert len(set(files)) == len(files)
+    for name, spec in registry.items():
+        for url in dl.checkpoint_sources(spec):
+            assert url.startswith(("https://", "gdrive:")), (name, url)
+            if url.startswith("gdrive:"):
+                dl.gdrive_id(url)
+        assert spec["source"], name
+        assert spec["url"] or spec.get("notes"), f"{name}: an entry without url must say why in notes"
+    # what the five methods and the metrics need (reference digests)
+    for needed in ("dime_celeba_ddpm", "dime_celeba_classifier", "dime_celeba_oracle", "vggface2_resnet50_ft",
+                   "ace_celebahq_ddpm", "steex_celebahq_classifier", "steex_celebahq_oracle", "ace_bdd_ddpm",
+                   "steex_bdd_classifier", "openai_imagenet256_uncond_ddpm", "torchvision_resnet50",
+                   "simsiam_resnet50_100ep", "torchvision_vgg19", "torchvision_vgg16", "fid_inception",
+                   "ldm_cin256_v2", "minisd", "svce_madry_ft"):
+        assert needed in registry, needed
