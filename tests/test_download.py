@@ -1,12 +1,16 @@
 """Verified downloads (cfx.runtime.download) against a loopback HTTP server: retries, truncation, checksums, trust on
-first use, archive members, files placed by hand; the paper registry."""
+first use, archive members, files placed by hand; the paper registry; the download rule end to end."""
 
 from __future__ import annotations
 
 import hashlib
 import http.server
 import io
+import os
 import re
+import shutil
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -332,3 +336,34 @@ def test_paper_registry_is_valid_and_complete():
                    "simsiam_resnet50_100ep", "torchvision_vgg19", "torchvision_vgg16", "fid_inception",
                    "ldm_cin256_v2", "minisd", "svce_madry_ft"):
         assert needed in registry, needed
+
+
+@pytest.mark.slow
+def test_download_rule_end_to_end(server, tmp_path):
+    """snakemake builds resources/checkpoints/<file>.sha256: download_checkpoint then verify_checkpoint."""
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    for name in ("workflow", "envs", "profiles"):
+        shutil.copytree(ROOT / name, tmp_path / name)
+    archive = _tar_gz({"celebamaskhq/checkpoint.tar": b"hq weights"})
+    server.routes["/steex.tar.gz"] = [(500, b"", {}), (200, archive, {})]
+    suite_path = tmp_path / "workflow" / "suites" / "paper.yaml"
+    suite = yaml.safe_load(suite_path.read_text())
+    suite["checkpoints"] = {
+        "steex": entry(server.url("/steex.tar.gz"), member="celebamaskhq/checkpoint.tar", ext="tar"),
+        "placed": entry(server.url("/never.pt"), sha256=sha(b"by hand")),
+    }
+    suite_path.write_text(yaml.safe_dump(suite))
+    (tmp_path / "resources" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "resources" / "checkpoints" / "placed.pt").write_bytes(b"by hand")
+    result = subprocess.run([sys.executable, "-m", "snakemake", "all_checkpoints", "--cores", "1", "--config",
+                             "suite=paper"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "CFX_DOWNLOAD_BACKOFF": "0.01"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ckpts = tmp_path / "resources" / "checkpoints"
+    assert (ckpts / "steex.tar").read_bytes() == b"hq weights"
+    assert (ckpts / "steex.tar.sha256").read_text().split() == [sha(b"hq weights"), "steex.tar"]
+    assert (ckpts / "placed.pt.sha256").read_text().split()[0] == sha(b"by hand")
+    assert server.hits("/never.pt") == 0
+    assert dl.read_lock(ckpts / dl.LOCK_NAME)["steex"]["sha256"] == sha(b"hq weights")
+    assert (tmp_path / "logs" / "download" / "steex.tar.log").exists()
