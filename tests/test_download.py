@@ -338,6 +338,30 @@ def test_paper_registry_is_valid_and_complete():
         assert needed in registry, needed
 
 
+def test_cli_lists_and_downloads(server, tmp_path):
+    from click.testing import CliRunner
+
+    from cfx.cli import main
+
+    suite = yaml.safe_load((ROOT / "workflow" / "suites" / "paper.yaml").read_text())
+    suite["checkpoints"] = {"tiny": entry(server.url("/tiny.pt"), sha256=sha(BODY))}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
+    server.routes["/tiny.pt"] = [(200, BODY, {})]
+    runner = CliRunner()
+    listed = runner.invoke(main, ["download", "--list", "--suite", str(tmp_path / "s.yaml"), "--dir",
+                                  str(tmp_path / "c")])
+    assert listed.exit_code == 0, listed.output
+    assert "tiny" in listed.output and "missing" in listed.output
+    got = runner.invoke(main, ["download", "tiny", "--suite", str(tmp_path / "s.yaml"), "--dir",
+                               str(tmp_path / "c"), "--backoff", "0.01"])
+    assert got.exit_code == 0, got.output
+    assert (tmp_path / "c" / "tiny.pt").read_bytes() == BODY
+    unknown = runner.invoke(main, ["download", "nope", "--suite", str(tmp_path / "s.yaml")])
+    assert unknown.exit_code != 0 and "nope" in unknown.output and "tiny" in unknown.output
+    real = runner.invoke(main, ["download", "--list"])  # the default suite is paper
+    assert real.exit_code == 0 and "dime_celeba_ddpm" in real.output
+
+
 @pytest.mark.slow
 def test_download_rule_end_to_end(server, tmp_path):
     """snakemake builds resources/checkpoints/<file>.sha256: download_checkpoint then verify_checkpoint."""
