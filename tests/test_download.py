@@ -296,15 +296,19 @@ def test_google_drive_ids_go_through_gdown(monkeypatch, tmp_path):
 
     def fake_download(id=None, output=None, **kw):  # noqa: A002 (gdown's argument name)
         calls.append(id)
-        Path(output).write_bytes(BODY)
+        if len(calls) == 1:  # a dropped connection first: retried
+            output.write(BODY[:100])
+            raise gdown.exceptions.DownloadError("response body ends before the announced bytes")
+        output.write(BODY)
         return output
 
     monkeypatch.setattr(gdown, "download", fake_download)
     download("gdrive:17iB1aL4xctDukov-OIDuKqZdQ9YB1ZQz", tmp_path / "g.pt", sha256=sha(BODY), **FAST)
     download("https://drive.google.com/file/d/169fhxn5X2_1-5vWTepkKJZRMdr8z4b9p/view?usp=sharing",
              tmp_path / "h.pt", **FAST)
-    assert calls == ["17iB1aL4xctDukov-OIDuKqZdQ9YB1ZQz", "169fhxn5X2_1-5vWTepkKJZRMdr8z4b9p"]
+    assert calls == ["17iB1aL4xctDukov-OIDuKqZdQ9YB1ZQz"] * 2 + ["169fhxn5X2_1-5vWTepkKJZRMdr8z4b9p"]
     assert (tmp_path / "g.pt").read_bytes() == BODY
+    assert leftovers(tmp_path) == ["g.pt", "h.pt"]
     assert dl.gdrive_id("https://huggingface.co/guillaumejs2403/DiME/resolve/main/ddpm-celeba.pt") is None
 
 

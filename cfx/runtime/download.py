@@ -194,12 +194,14 @@ def _http_attempt(url: str, part: Path, desc: str, timeout: float, progress: boo
 
 
 def _gdrive_attempt(file_id: str, part: Path, timeout: float, progress: bool | None) -> None:
-    """One attempt with gdown (it handles Drive's virus-scan confirmation page and checks the length)."""
+    """One attempt with gdown (it handles Drive's virus-scan confirmation page and checks the length). gdown writes
+    into our open file: given a path, it would keep its own partial ``*.part`` files next to it on failure."""
     import gdown
     import requests
 
     try:
-        gdown.download(id=file_id, output=str(part), quiet=progress is False, timeout=timeout)
+        with open(part, "wb") as out:
+            gdown.download(id=file_id, output=out, quiet=progress is False, timeout=timeout)
     except gdown.exceptions.FileURLRetrievalError as err:
         raise DownloadError(f"Google Drive refused file {file_id}: {err} (a private or removed file, or Drive's "
                             f"daily download quota: retry later, or download it in a browser and place it "
@@ -230,7 +232,8 @@ def _fetch_raw(url: str, part: Path, desc: str, *, retries: int, backoff: float,
             delay = _backoff_delay(backoff, attempt)
             log.warning("download of %s failed (%s); retry %d of %d in %.1f s", url, err, attempt, retries, delay)
             time.sleep(delay)
-    raise DownloadError(f"download of {url} failed after {retries + 1} attempts: " + "; ".join(failures))
+    attempts = f"{retries + 1} attempt" + ("s" if retries else "")
+    raise DownloadError(f"download of {url} failed after {attempts}: " + "; ".join(failures))
 
 
 def _member_type(info: tarfile.TarInfo | zipfile.ZipInfo) -> str:
