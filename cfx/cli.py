@@ -256,5 +256,49 @@ def figure(tree, method, table_csv, out, n_images) -> None:
         raise click.UsageError("give --tree and --method (grid figure) or --table CSV (summary figure)")
 
 
+@main.command("download")
+@click.argument("names", nargs=-1)
+@click.option("--suite", default="paper", show_default=True, help="Suite name or YAML path holding the registry.")
+@scale_option
+@click.option("--list", "list_only", is_flag=True, help="List the registry (file, status, digest origin, source).")
+@click.option("--all", "fetch_all", is_flag=True, help="Fetch every checkpoint of the registry.")
+@click.option("--dir", "directory", default="resources/checkpoints", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path))
+@click.option("--lock", "lock_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="sha256 lock file (default DIR/sha256.lock.yaml).")
+@click.option("--retries", default=4, show_default=True, help="Retries per source (exponential back-off).")
+@click.option("--backoff", default=2.0, show_default=True, help="First back-off in seconds (then doubled).")
+def download_cmd(names, suite, scale, list_only, fetch_all, directory, lock_path, retries, backoff) -> None:
+    """Download and verify registry checkpoints NAMES into DIR/NAME.EXT (a file already there is verified, never
+    downloaded again; a digest the registry lacks is recorded in the lock file at first use and enforced after)."""
+    from cfx.runtime.download import DownloadError, fetch_checkpoint, registry_status
+    from cfx.suite import SuiteError
+
+    spec = _suite(suite, scale)
+    registry = spec.get("checkpoints") or {}
+    if list_only:
+        rows = registry_status(registry, directory, lock_path)
+        width = max([len(r["name"]) for r in rows] + [4])
+        click.echo(f"{'name':<{width}}  {'status':<13}  {'sha256':<8}  file / source")
+        for r in rows:
+            click.echo(f"{r['name']:<{width}}  {r['status']:<13}  {r['sha256']:<8}  {r['file']}  <-  {r['source']}")
+        return
+    if fetch_all:
+        names = tuple(registry)
+    if not names:
+        raise click.UsageError("name checkpoints to download, or give --all or --list")
+    failed = []
+    for name in names:
+        try:
+            entry = section_entry(spec, "checkpoints", name)
+            click.echo(fetch_checkpoint(name, entry, directory, lock_path=lock_path, retries=retries,
+                                        backoff=backoff))
+        except (DownloadError, SuiteError) as err:
+            failed.append(name)
+            click.echo(f"error: {err}", err=True)
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(names)} checkpoints failed: {', '.join(failed)}")
+
+
 if __name__ == "__main__":
     main()

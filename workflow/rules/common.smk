@@ -1,9 +1,11 @@
 # Helpers only: config validation, the active suite, input and parameter functions.
+import re
 from pathlib import Path
 
 from snakemake.utils import validate
 
 from cfx.metrics import METRICS
+from cfx.runtime.download import checkpoint_filename
 
 from cfx.suite import (
     experiment_methods,
@@ -203,3 +205,33 @@ def metric_gpu(wildcards):
 
 def sanity_params(wildcards):
     return SUITE.get("sanity", {})
+
+
+# Published checkpoints (rules in resources.smk): the suite's checkpoints: registry, one file per name.
+CHECKPOINTS = SUITE.get("checkpoints") or {}
+CHECKPOINT_FILES = "|".join(re.escape(checkpoint_filename(n, s)) for n, s in CHECKPOINTS.items()) or "NONE"
+CHECKPOINT_LOCK = "resources/checkpoints/sha256.lock.yaml"
+
+
+def checkpoint_name(wildcards):
+    """The registry name of resources/checkpoints/{ckpt_file} (NAME.EXT)."""
+    by_file = {checkpoint_filename(n, s): n for n, s in CHECKPOINTS.items()}
+    return by_file[wildcards.ckpt_file]
+
+
+def checkpoint_entry(wildcards):
+    return CHECKPOINTS[checkpoint_name(wildcards)]
+
+
+def checkpoint_path(name):
+    """The file of registry checkpoint ``name``: a rule that loads it takes this as input (the download rule makes
+    it) and checkpoint_stamp(name) beside it, so a file placed by hand is verified before it is used."""
+    return f"resources/checkpoints/{checkpoint_filename(name, section_entry(SUITE, 'checkpoints', name))}"
+
+
+def checkpoint_stamp(name):
+    return checkpoint_path(name) + ".sha256"
+
+
+def all_checkpoint_stamps(wildcards):
+    return [checkpoint_stamp(name) for name in CHECKPOINTS]

@@ -1,0 +1,58 @@
+# Published checkpoints (paper suite): download, verify, and the all_checkpoints target. The registry is the
+# suite's checkpoints: section; checkpoint NAME is the file resources/checkpoints/NAME.EXT (ext default pt). A file
+# placed there by hand is never downloaded; its verification stamp NAME.EXT.sha256 checks it against the
+# registry's sha256, or records it in resources/checkpoints/sha256.lock.yaml (trust on first use).
+
+localrules:
+    download_checkpoint,
+    verify_checkpoint,
+    all_checkpoints,
+
+
+# A registry name that is also a models: name is downloaded, never trained.
+ruleorder: download_checkpoint > train_model
+
+
+rule download_checkpoint:
+    output:
+        checkpoint="resources/checkpoints/{ckpt_file}",
+    wildcard_constraints:
+        ckpt_file=CHECKPOINT_FILES,
+    params:
+        name=checkpoint_name,
+        entry=checkpoint_entry,
+        lock=CHECKPOINT_LOCK,
+    # one more job attempt on top of the script's own retries with exponential back-off (CFX_DOWNLOAD_RETRIES,
+    # CFX_DOWNLOAD_BACKOFF); not more: a sha256 mismatch would download the whole file again each time
+    retries: 1
+    log:
+        "logs/download/{ckpt_file}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/download_checkpoint.py"
+
+
+rule verify_checkpoint:
+    input:
+        checkpoint="resources/checkpoints/{ckpt_file}",
+    output:
+        stamp="resources/checkpoints/{ckpt_file}.sha256",
+    wildcard_constraints:
+        ckpt_file=CHECKPOINT_FILES,
+    params:
+        name=checkpoint_name,
+        entry=checkpoint_entry,
+        lock=CHECKPOINT_LOCK,
+    log:
+        "logs/download/{ckpt_file}.verify.log",
+    conda:
+        ENV
+    script:
+        "../scripts/verify_checkpoint.py"
+
+
+# snakemake all_checkpoints --config suite=paper: fetch and verify every registry checkpoint (e.g. on a login node)
+rule all_checkpoints:
+    input:
+        checkpoints=all_checkpoint_stamps,
