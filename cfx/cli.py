@@ -189,7 +189,7 @@ def metric(name, real, fake, tree, method, suite_name, scale, experiment, networ
             raise click.UsageError("--suite needs --experiment (or --tree named after the experiment)")
         ctx.experiment = dict(section_entry(spec, "experiments", experiment))
         ctx.options = dict((spec["metrics"].get(name) or {}).get("options", {}))
-        for role, n in metric_networks(spec, name, experiment).items():
+        for role, n in metric_networks(spec, name, experiment, method).items():
             ctx.networks[role] = NetworkRef(role, n["name"], Path(n["checkpoint"]) if n["checkpoint"] else None,
                                             n["spec"])
     for value in networks:
