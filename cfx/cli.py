@@ -107,14 +107,17 @@ def train(suite: str, scale: str, model: str, index_csv: Path, out: Path, device
 def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, checkpoint_dir, tree, manifest,
              device) -> None:
     """Generate the counterfactuals of one chunk of one (experiment, method)."""
-    from cfx.generate import generate_chunk
+    from cfx.generate import generate_chunk, method_classifier
+    from cfx.methods import uses_ddpm
 
     spec = _suite(suite, scale)
     exp = section_entry(spec, "experiments", experiment)
-    names = [exp["classifier"]] + ([exp["ddpm"]] if exp.get("ddpm") else [])
-    checkpoints = {"classifier": checkpoint_dir / f"{exp['classifier']}.pt"}
-    if exp.get("ddpm"):
-        checkpoints["ddpm"] = checkpoint_dir / f"{exp['ddpm']}.pt"
+    classifier = method_classifier(section_entry(spec, "methods", method), exp)
+    ddpm = exp.get("ddpm") if uses_ddpm(method) else None
+    names = [classifier] + ([ddpm] if ddpm else [])
+    checkpoints = {"classifier": checkpoint_dir / f"{classifier}.pt"}
+    if ddpm:
+        checkpoints["ddpm"] = checkpoint_dir / f"{ddpm}.pt"
     manifest = manifest or tree / "chunks" / method / f"{chunk}-of-{chunks}.json"
     result = generate_chunk(
         experiment=exp, method=method, method_spec=section_entry(spec, "methods", method),
@@ -186,7 +189,7 @@ def metric(name, real, fake, tree, method, suite_name, scale, experiment, networ
             raise click.UsageError("--suite needs --experiment (or --tree named after the experiment)")
         ctx.experiment = dict(section_entry(spec, "experiments", experiment))
         ctx.options = dict((spec["metrics"].get(name) or {}).get("options", {}))
-        for role, n in metric_networks(spec, name, experiment).items():
+        for role, n in metric_networks(spec, name, experiment, method).items():
             ctx.networks[role] = NetworkRef(role, n["name"], Path(n["checkpoint"]) if n["checkpoint"] else None,
                                             n["spec"])
     for value in networks:
@@ -244,12 +247,16 @@ def table(name, suite, scale, results, out) -> None:
               help="A table CSV (summary figure, one panel per metric).")
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--n-images", default=8, show_default=True)
-def figure(tree, method, table_csv, out, n_images) -> None:
-    """Original | counterfactual | difference grid of one (experiment, method), or a table's summary figure."""
-    from cfx.figures import grid_figure, table_figure
+@click.option("--radii", is_flag=True, help="SVCE's figure: the counterfactual and difference at every radius.")
+def figure(tree, method, table_csv, out, n_images, radii) -> None:
+    """Original | counterfactual | difference grid of one (experiment, method), SVCE's radii figure (--radii), or a
+    table's summary figure."""
+    from cfx.figures import grid_figure, svce_figure, table_figure
 
     if table_csv is not None:
         click.echo(table_figure(table_csv, out))
+    elif tree is not None and radii:
+        click.echo(svce_figure(tree, out, method=method or "svce", n_images=n_images, title=f"SVCE on {tree.name}"))
     elif tree is not None and method is not None:
         click.echo(grid_figure(tree, method, out, n_images=n_images, title=f"{method} on {tree.name}"))
     else:

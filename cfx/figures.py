@@ -1,4 +1,5 @@
-"""Figures: the per-experiment grid (original | counterfactual | difference) for one method."""
+"""Figures: the per-experiment grid (original | counterfactual | difference) for one method, SVCE's radii figure and
+the summary figure of a table."""
 
 from __future__ import annotations
 
@@ -111,6 +112,74 @@ def table_figure(table_csv: Path, out_path: Path, *, title: str = "") -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.stem}.tmp{os.getpid()}{out_path.suffix}")
     fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def _radius_trees(tree_root: Path, method: str) -> list[tuple[float, dict[str, dict]]]:
+    """(radius, {stem: instance}) for the evaluated folder and every ``radius_*`` folder next to it, by radius."""
+    base = EVALUATED_RESULTS.get(method, method)
+    folders = [base] + sorted(f"{base}/{p.name}" for p in (Path(tree_root) / "Results" / base).glob("radius_*")
+                              if p.is_dir())
+    trees = {}
+    for folder in folders:
+        instances = {inst["stem"]: inst for inst in iter_instances(Path(tree_root), folder)}
+        if not instances:
+            continue
+        radius = next(iter(instances.values()))["info"].get("radius")
+        if radius is None:
+            raise ValueError(f"{tree_root}/Results/{folder} has Info files without a radius (not SVCE's format)")
+        trees[radius] = instances
+    return sorted(trees.items())
+
+
+def svce_figure(tree_root: Path, out_path: Path, *, method: str = "svce", n_images: int = 8,
+                stems: list[str] | None = None, class_names: list[str] | None = None, title: str = "") -> Path:
+    """SVCE's figure (``utils/visual_counterfactual_generation.py:_plot_counterfactuals``), one row per instance
+    (an image with its target; upstream: the targets of one image): the original titled with the target's
+    confidence before, the counterfactual of every radius titled with it after, and per radius the channel-summed
+    difference original − counterfactual in a symmetric ``seismic`` map (upstream ``_plot_diff_image``)."""
+    trees = _radius_trees(Path(tree_root), method)
+    if not trees:
+        raise ValueError(f"no SVCE instances under {tree_root}/Results/{EVALUATED_RESULTS.get(method, method)}")
+    common = set.intersection(*(set(instances) for _, instances in trees))
+    chosen = [s for s in (stems or sorted(common)) if s in common][:n_images]
+    if not chosen:
+        raise ValueError(f"none of the stems {stems} has a counterfactual at every radius under {tree_root}")
+
+    def name(label: int) -> str:
+        return class_names[label] if class_names and 0 <= label < len(class_names) else str(label)
+
+    n_radii = len(trees)
+    fig, axes = plt.subplots(len(chosen), 1 + 2 * n_radii, figsize=(1.5 * (1 + 2 * n_radii), 1.75 * len(chosen)),
+                             squeeze=False)
+    for row, stem in enumerate(chosen):
+        first = trees[0][1][stem]
+        original = _rgb(first["original_path"])
+        target = first["info"]["target"]
+        axes[row, 0].imshow(original)
+        axes[row, 0].set_title(f"{stem[-4:]} {name(target)}: {first['info']['p_target_original']:.2f}",
+                               fontsize=6)
+        for col, (radius, instances) in enumerate(trees):
+            inst = instances[stem]
+            cf = _rgb(inst["cf_path"])
+            axes[row, 1 + col].imshow(cf)
+            axes[row, 1 + col].set_title(f"ε={radius:g} {name(target)}: {inst['info']['p_target']:.2f}",
+                                         fontsize=6)
+            diff = (original - cf).sum(axis=2)
+            bound = float(np.abs(diff).max()) or 1.0
+            axes[row, 1 + n_radii + col].imshow(diff, cmap="seismic", vmin=-bound, vmax=bound)
+            axes[row, 1 + n_radii + col].set_title(f"x − x', ε={radius:g}", fontsize=6)
+        for ax in axes[row]:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.stem}.tmp{os.getpid()}{out_path.suffix}")
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, out_path)
     return out_path

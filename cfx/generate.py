@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from cfx.data.celeba import CelebADataset
 from cfx.io.tree import OutputTree, read_info, write_dime_summary
-from cfx.methods import GENERATED_RESULTS, OUTPUT_FORMAT, get_method
+from cfx.methods import GENERATED_RESULTS, OUTPUT_FORMAT, get_method, uses_ddpm
 from cfx.runtime.device import select_device, set_threads
 from cfx.runtime.seeding import image_generators
 
@@ -64,16 +64,19 @@ def load_generation_models(
     model_specs: dict[str, dict[str, Any]],
     checkpoints: dict[str, Path],
     device: torch.device,
+    method: str | None = None,
 ) -> dict[str, Any]:
-    """Build the networks a method needs from their suite entries and checkpoints (strict loading)."""
+    """Build the networks a method needs from their suite entries and checkpoints (strict loading). The
+    classifier is the method's own (``classifier`` in its suite entry: SVCE's robust network) or the
+    experiment's; the DDPM is loaded for methods that use one."""
     from cfx.models.classifier import QueryClassifier, load_celeba_classifier
 
-    clf_spec = model_specs[experiment["classifier"]]
+    clf_spec = model_specs[method_classifier(method_spec, experiment)]
     classifier = load_celeba_classifier(checkpoints["classifier"], **clf_spec.get("arch", {}))
     models: dict[str, Any] = {
         "classifier": QueryClassifier(classifier, int(experiment["query_label"])).to(device).eval()
     }
-    if experiment.get("ddpm"):
+    if experiment.get("ddpm") and uses_ddpm(method):
         from cfx.models.adm import load_adm_checkpoint
         from cfx.models.diffusion import create_gaussian_diffusion
 
@@ -92,6 +95,11 @@ def load_generation_models(
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
     return models
+
+
+def method_classifier(method_spec: dict[str, Any], experiment: dict[str, Any]) -> str:
+    """Name of the classifier a method explains: its suite entry's ``classifier`` or the experiment's."""
+    return method_spec.get("classifier") or experiment["classifier"]
 
 
 def _atomic_json(obj: Any, path: Path) -> None:
@@ -129,9 +137,17 @@ def generate_chunk(
     tree = OutputTree(Path(tree_root), GENERATED_RESULTS[method], ext=method_spec.get("ext", ext),
                       info_format=info_format)
     tree.prepare()
+    # further result folders of the same images (SVCE: one per other radius), written before the main instance
+    variant_names = list(getattr(module, "variant_names", lambda config: [])(method_spec["config"]))
+    variants = {name: OutputTree(Path(tree_root), f"{GENERATED_RESULTS[method]}/{name}", ext=tree.ext,
+                                 info_format=info_format) for name in variant_names}
     done = tree.completed_stems()
+    for variant in variants.values():
+        variant.prepare()
+        done &= variant.completed_stems()
     todo = [i for i in positions if tree.stem(i) not in done]
-    tree.remove_partial([tree.stem(i) for i in todo])
+    for writer in (tree, *variants.values()):
+        writer.remove_partial([tree.stem(i) for i in todo])
     log.info("chunk %d/%d: %d images, %d already done", chunk, chunks, len(positions), len(positions) - len(todo))
 
     if todo:
@@ -142,6 +158,7 @@ def generate_chunk(
             model_specs=model_specs,
             checkpoints=checkpoints,
             device=torch_device,
+            method=method,
         )
         dataset = CelebADataset(
             dataset_root_from_index(index, index_csv),
@@ -163,6 +180,14 @@ def generate_chunk(
                 images, labels, models=models, config=method_spec["config"], generators=generators
             )
             for k, stem in enumerate(stems):
+                for name, variant in variants.items():
+                    extra = output.variants[name]
+                    variant.write_instance(
+                        stem, original=images[k].cpu(), cf=extra.counterfactuals[k].cpu(),
+                        noise=extra.noise[k].cpu(), label=int(labels[k]), pred=int(extra.preds[k]),
+                        target=int(extra.targets[k]), cf_pred=int(extra.cf_preds[k]), info=extra.info[k],
+                        write_original=False,
+                    )
                 tree.write_instance(
                     stem,
                     original=images[k].cpu(),
@@ -183,6 +208,11 @@ def generate_chunk(
         info = read_info(tree.info_path(stem))
         records.append({"stem": stem, "image_id": image_ids[i], **info})
     flipped = sum(int(r["cf_pred"] == r["target"]) for r in records)
+    variant_records = {
+        name: [{"stem": tree.stem(i), "image_id": image_ids[i], **read_info(variant.info_path(tree.stem(i)))}
+               for i in positions]
+        for name, variant in variants.items()
+    }
     manifest = {
         "experiment": experiment,
         "method": method,
@@ -196,6 +226,8 @@ def generate_chunk(
         "generated_now": len(todo),
         "seconds": round(time.time() - started, 2),
     }
+    if variant_records:
+        manifest["variants"] = variant_records
     if chunks > 1:
         write_dime_summary(tree.results_dir / f"chunk-{chunk}_num-chunks-{chunks}_summary.yaml", records)
     _atomic_json(manifest, Path(manifest_path))

@@ -33,6 +33,7 @@ def merge_chunks(
 ) -> dict[str, Any]:
     """Merge chunk manifests into ``out_path`` and ``Results/{method}/summary.yaml``; raise on a bad run."""
     records: list[dict[str, Any]] = []
+    variant_records: dict[str, list[dict[str, Any]]] = {}
     expected_total = None
     chunk_ids = []
     for path in manifests:
@@ -42,6 +43,8 @@ def merge_chunks(
         if data["method"] != method:
             raise SanityError(f"{path} holds method '{data['method']}', expected '{method}'")
         records.extend(data["records"])
+        for name, rows in data.get("variants", {}).items():
+            variant_records.setdefault(name, []).extend(rows)
     n_chunks = {c for _, c in chunk_ids}
     if len(n_chunks) != 1 or sorted(c for c, _ in chunk_ids) != list(range(next(iter(n_chunks)))):
         raise SanityError(f"chunk manifests {chunk_ids} do not form one complete set 0..C-1")
@@ -68,6 +71,15 @@ def merge_chunks(
     }
     summary_path = Path(tree_root) / "Results" / EVALUATED_RESULTS.get(method, method) / "summary.yaml"
     write_dime_summary(summary_path, records)
+    if variant_records:  # further result folders (SVCE's other radii): their own summary and flip rate
+        merged["variants"] = {}
+        for name, rows in sorted(variant_records.items()):
+            if len(rows) != n:
+                raise SanityError(f"{method} result folder '{name}' has {len(rows)} images, the main one {n}")
+            rows.sort(key=lambda r: r["stem"])
+            write_dime_summary(summary_path.parent / name / "summary.yaml", rows)
+            hits = sum(int(r["cf_pred"] == r["target"]) for r in rows)
+            merged["variants"][name] = {"n": len(rows), "flipped": hits, "flip_rate": hits / n if n else 0.0}
     if flip_rate < min_flip_rate:
         raise SanityError(
             f"{method} flipped {flipped}/{n} = {flip_rate:.1%} of the images in {tree_root}, below the "

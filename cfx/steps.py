@@ -19,9 +19,12 @@ def data_root_from_index(index_csv: Path) -> Path:
 
 
 def train_from_spec(
-    spec: dict[str, Any], *, index_csv: Path, out_path: Path, device: str = "auto", threads: int | None = None
+    spec: dict[str, Any], *, index_csv: Path, out_path: Path, device: str = "auto", threads: int | None = None,
+    init_checkpoint: Path | None = None,
 ) -> dict[str, Any]:
-    """Train the network a suite ``models:`` entry describes and write its checkpoint."""
+    """Train the network a suite ``models:`` entry describes and write its checkpoint. A spec with ``init`` (a
+    robust classifier fine-tuned from another network) starts from ``init_checkpoint``, by default
+    ``<init>.pt`` next to ``out_path``."""
     from cfx import train
 
     set_threads(threads)
@@ -38,6 +41,13 @@ def train_from_spec(
             data_root, out_path, arch=spec.get("arch", {}), image_size=int(spec["image_size"]), device=device,
             **options,
         )
+    if kind == "robust_classifier":
+        if spec.get("init") and init_checkpoint is None:
+            init_checkpoint = Path(out_path).parent / f"{spec['init']}.pt"
+        return train.train_robust_classifier(
+            data_root, out_path, arch=spec.get("arch", {}), image_size=int(spec["image_size"]), device=device,
+            init_checkpoint=init_checkpoint, **options,
+        )
     if kind == "oracle":
         return train.train_oracle(
             data_root, out_path, arch=spec.get("arch", {}), image_size=int(spec["image_size"]), device=device,
@@ -48,4 +58,4 @@ def train_from_spec(
             data_root, out_path, arch=spec.get("arch", {}), image_size=int(spec["image_size"]), device=device,
             **options,
         )
-    raise ValueError(f"unknown model kind '{kind}' (expected ddpm, classifier, oracle or identity)")
+    raise ValueError(f"unknown model kind '{kind}' (expected ddpm, classifier, robust_classifier, oracle or identity)")

@@ -90,10 +90,11 @@ def seed_trees(suite: dict, experiment: str) -> list[str]:
     return [seed_experiment_name(experiment, s) for s in spec.get("seeds", [])]
 
 
-def metric_networks(suite: dict, metric: str, experiment: str) -> dict[str, dict[str, Any]]:
+def metric_networks(suite: dict, metric: str, experiment: str, method: str | None = None) -> dict[str, dict[str, Any]]:
     """Networks of a metric by role: ``{role: {"name", "checkpoint" (or None), "spec"}}``. A string in
     ``metrics.<metric>.networks`` names a ``models:`` entry (checkpoint ``resources/checkpoints/<name>.pt``), a
-    mapping is an inline network without checkpoint; COUT's ``classifier`` is the experiment's classifier."""
+    mapping is an inline network without checkpoint; COUT's ``classifier`` is the classifier ``method`` explains:
+    its own (``methods.<method>.classifier``, SVCE's robust network) or the experiment's."""
     spec = (suite.get("metrics") or {}).get(metric) or {}
     networks: dict[str, dict[str, Any]] = {}
     for role, value in (spec.get("networks") or {}).items():
@@ -103,7 +104,8 @@ def metric_networks(suite: dict, metric: str, experiment: str) -> dict[str, dict
         else:
             networks[role] = {"name": f"{metric}.{role}", "checkpoint": None, "spec": dict(value)}
     if metric == "cout":
-        name = section_entry(suite, "experiments", experiment)["classifier"]
+        own = (suite.get("methods") or {}).get(method, {}).get("classifier") if method else None
+        name = own or section_entry(suite, "experiments", experiment)["classifier"]
         networks.setdefault("classifier", {"name": name, "checkpoint": f"resources/checkpoints/{name}.pt",
                                            "spec": section_entry(suite, "models", name)})
     return networks

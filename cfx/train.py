@@ -1,4 +1,5 @@
-"""Training loops of the mini suite: the ADM DDPM, the CelebA classifier and the attribute oracle.
+"""Training loops of the mini suite: the ADM DDPM, the CelebA classifier (also adversarially trained, SVCE's
+robust classifier) and the attribute oracle.
 
 The DDPM follows DiME's ``celeba-train-diffusion.py`` (AdamW, random horizontal flips, images in [−1,1],
 guided-diffusion's hybrid loss, uniform timesteps), with one mini-suite option: ``max_timestep`` restricts
@@ -127,8 +128,32 @@ def train_ddpm(data_root: Path, out_path: Path, *, model_flags: dict, diffusion_
     return log
 
 
+def pgd_l2(model: torch.nn.Module, x: torch.Tensor, attrs: torch.Tensor, *, eps: float, steps: int,
+           step_size: float | None = None) -> torch.Tensor:
+    """ℓ2 PGD that maximises the 40-attribute BCE of ``model`` around [−1,1] images ``x`` (no random start, as
+    the Madry lab's ``robustness`` training default). ``eps`` and ``step_size`` (default 2.5·eps/steps) are in
+    [0,1] image units, i.e. ‖δ‖₂ of the image in [0,1]; the model runs in eval mode during the attack."""
+    was_training = model.training
+    model.eval()
+    step_size = 2.5 * eps / steps if step_size is None else step_size
+    radius, step = 2 * eps, 2 * step_size  # [−1,1] units
+    delta = torch.zeros_like(x)
+    for _ in range(steps):
+        with torch.enable_grad():
+            delta.requires_grad_(True)
+            loss = F.binary_cross_entropy_with_logits(model(x + delta), attrs)
+            grad = torch.autograd.grad(loss, delta)[0]
+        view = (-1,) + (1,) * (x.dim() - 1)
+        delta = delta.detach() + step * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
+        delta = delta * (radius / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1).view(view)
+        delta = (x + delta).clamp(-1, 1) - x
+    model.train(was_training)
+    return (x + delta).detach()
+
+
 def _train_attribute_net(model: torch.nn.Module, kind: str, data_root: Path, out_path: Path, save, *, steps: int,
-                         batch_size: int, lr: float, seed: int, image_size: int, device: str) -> dict[str, Any]:
+                         batch_size: int, lr: float, seed: int, image_size: int, device: str,
+                         adversarial: dict[str, Any] | None = None) -> dict[str, Any]:
     started = time.time()
     torch.manual_seed(seed)
     dev = select_device(device)
@@ -140,9 +165,13 @@ def _train_attribute_net(model: torch.nn.Module, kind: str, data_root: Path, out
     losses = []
     loop_started = time.time()
     bar = tqdm(range(steps), desc=f"train {kind}", unit="step")
-    for _ in bar:
+    adv = dict(adversarial or {})
+    clean_steps = int(adv.pop("clean_steps", 0))
+    for step in bar:
         idx = torch.randint(len(images), (batch_size,), generator=generator)
         x = _random_flip(images[idx], generator).to(dev)
+        if adv and step >= clean_steps:
+            x = pgd_l2(model, x, attrs[idx].to(dev), **adv)
         loss = F.binary_cross_entropy_with_logits(model(x), attrs[idx].to(dev))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -154,6 +183,15 @@ def _train_attribute_net(model: torch.nn.Module, kind: str, data_root: Path, out
     with torch.no_grad():
         logits = torch.cat([model(val_images[i:i + 256].to(dev)).cpu() for i in range(0, len(val_images), 256)])
     accuracy = ((logits > 0).float() == val_attrs).float().mean(0)
+    robust = {}
+    if adv:  # val accuracy under the training attack
+        adv_logits = torch.cat([model(pgd_l2(model, val_images[i:i + 256].to(dev), val_attrs[i:i + 256].to(dev),
+                                             **adv)).detach().cpu() for i in range(0, len(val_images), 256)])
+        robust_accuracy = ((adv_logits > 0).float() == val_attrs).float().mean(0)
+        robust = {"adversarial": {**adv, "clean_steps": clean_steps, "norm": 2},
+                  "val_robust_accuracy_Smiling": round(float(robust_accuracy[31]), 4),
+                  "val_robust_accuracy_Young": round(float(robust_accuracy[39]), 4),
+                  "val_robust_accuracy_mean": round(float(robust_accuracy.mean()), 4)}
     majority = torch.maximum(val_attrs.mean(0), 1 - val_attrs.mean(0))  # accuracy of always guessing the majority
     save(model.cpu(), out_path)
     log = {"kind": kind, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, **_loss_summary(losses),
@@ -161,7 +199,7 @@ def _train_attribute_net(model: torch.nn.Module, kind: str, data_root: Path, out
            "val_accuracy_mean": round(float(accuracy.mean()), 4),
            "val_majority_baseline_Smiling": round(float(majority[31]), 4),
            "val_majority_baseline_Young": round(float(majority[39]), 4),
-           "val_accuracy": {name: round(float(accuracy[i]), 4) for i, name in enumerate(CELEBA_ATTRIBUTES)},
+           "val_accuracy": {name: round(float(accuracy[i]), 4) for i, name in enumerate(CELEBA_ATTRIBUTES)}, **robust,
            "seconds": round(time.time() - started, 1), "seconds_per_step": _per_step(train_seconds, steps),
            "threads": torch.get_num_threads(), "device": str(dev), "n_train_images": len(images),
            "n_val_images": len(val_images)}
@@ -178,6 +216,31 @@ def train_classifier(data_root: Path, out_path: Path, *, arch: dict, steps: int,
     return _train_attribute_net(DenseNetClassifier(**arch), "classifier", data_root, out_path, save_celeba_classifier,
                                 steps=steps, batch_size=batch_size, lr=lr, seed=seed, image_size=image_size,
                                 device=device)
+
+
+def train_robust_classifier(data_root: Path, out_path: Path, *, arch: dict, steps: int, batch_size: int, lr: float,
+                            adversarial: dict[str, Any], seed: int = 0, image_size: int = 128,
+                            init_checkpoint: Path | None = None, device: str = "auto") -> dict[str, Any]:
+    """Adversarially train the 40-attribute DenseNet classifier (SVCE's mini stand-in for the robust ResNet-50):
+    each batch is replaced by its ℓ2 PGD adversarial example (:func:`pgd_l2`; ``adversarial``: ``eps``, ``steps``,
+    optional ``step_size`` and ``clean_steps``, the first steps trained on clean batches), as Madry et al.'s
+    adversarial training; from ``init_checkpoint`` (a classifier in DiME's format: adversarial fine-tuning) or
+    from scratch. Saved in DiME's classifier format, so every classifier loader reads it."""
+    from cfx.models.classifier import DenseNetClassifier, load_celeba_classifier, save_celeba_classifier
+
+    if not adversarial or "eps" not in adversarial or "steps" not in adversarial:
+        raise ValueError("a robust_classifier needs train.adversarial with eps and steps (e.g. {eps: 0.5, steps: 2})")
+    torch.manual_seed(seed)
+    if init_checkpoint is not None:
+        model = load_celeba_classifier(init_checkpoint, **arch).train()
+    else:
+        model = DenseNetClassifier(**arch)
+    log = _train_attribute_net(model, "robust_classifier", data_root, out_path, save_celeba_classifier, steps=steps,
+                               batch_size=batch_size, lr=lr, seed=seed, image_size=image_size, device=device,
+                               adversarial=adversarial)
+    log["init"] = str(init_checkpoint) if init_checkpoint is not None else None
+    _write_log(out_path, log)
+    return log
 
 
 def train_oracle(data_root: Path, out_path: Path, *, arch: dict, steps: int, batch_size: int, lr: float,

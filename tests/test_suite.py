@@ -56,6 +56,9 @@ def test_sigma_l_seed_runs_and_metric_networks():
         "name": "mini_oracle", "checkpoint": "resources/checkpoints/mini_oracle.pt",
         "spec": suite["models"]["mini_oracle"]}}
     assert metric_networks(suite, "cout", "celeba_young")["classifier"]["name"] == "mini_classifier"
+    # COUT reads the classifier a method explains: SVCE's robust network
+    assert metric_networks(suite, "cout", "celeba_young", "svce")["classifier"]["name"] == "mini_robust_classifier"
+    assert metric_networks(suite, "cout", "celeba_young", "dime")["classifier"]["name"] == "mini_classifier"
     assert metric_networks(suite, "sigma_l", "celeba_smile")["lpips"]["checkpoint"] is None
     assert load_suite(ROOT / "workflow/suites/mini.yaml", "ci")["experiments"]["celeba_smile_seed6"]["max_images"] == 2
 

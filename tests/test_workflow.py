@@ -32,11 +32,12 @@ def test_dry_run_plans_the_mini_dag(tmp_path):
     result = _run(["-n", "--quiet", "rules"], wf)
     assert result.returncode == 0, result.stderr
     plan = result.stdout + result.stderr
-    # 2 tasks + sigma_L's 2 extra-seed runs of the smile task, 2 methods, 2 chunks; 4 networks (DDPM,
-    # classifier, oracle, identity); metrics: table1 8 x 4 (task, method) pairs + table_extra 4 x 2
-    for rule, count in [("synth_dataset", 1), ("index_dataset", 1), ("train_model", 4), ("generate", 16),
-                        ("ace_postprocess", 8), ("merge_chunks", 8), ("metric", 40), ("grid_figure", 4),
-                        ("table", 2), ("table_figure", 2)]:
+    # 2 tasks + sigma_L's 2 extra-seed runs of the smile task with DiME and ACE, SVCE on the 2 tasks, 2 chunks;
+    # 5 networks (DDPM, classifier, robust classifier, oracle, identity); metrics: table1 8 x 6 (task, method)
+    # pairs + table_extra 4 x 2
+    for rule, count in [("synth_dataset", 1), ("index_dataset", 1), ("train_model", 5), ("generate", 20),
+                        ("ace_postprocess", 8), ("merge_chunks", 10), ("metric", 56), ("grid_figure", 6),
+                        ("svce_figure", 2), ("table", 2), ("table_figure", 2)]:
         assert any(line.split()[:2] == [rule, str(count)] for line in plan.splitlines()), (rule, plan)
 
 
@@ -44,7 +45,7 @@ def test_chunk_count_comes_from_config(tmp_path):
     wf = _copy_workflow(tmp_path)
     result = _run(["-n", "--quiet", "rules", "--config", "chunks=5"], wf)
     assert result.returncode == 0, result.stderr
-    assert any(line.split()[:2] == ["generate", "40"] for line in (result.stdout + result.stderr).splitlines())
+    assert any(line.split()[:2] == ["generate", "50"] for line in (result.stdout + result.stderr).splitlines())
 
 
 def test_lint_is_clean(tmp_path):
@@ -78,14 +79,16 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
     result = _run(["--cores", "2", "--config", "scale=ci"], wf)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     table = pd.read_csv(wf / "results/tables/table1.csv", keep_default_na=False, na_values=[""])
-    assert set(table["task"]) == {"smile", "age"} and set(table["method"]) == {"dime", "ace"}
+    assert set(table["task"]) == {"smile", "age"} and set(table["method"]) == {"dime", "ace", "svce"}
     assert set(table["metric"]) == {"fid", "sfid", "fva", "fs", "mnac", "cd", "cout", "flip_rate"}
     flips = table[table["metric"] == "flip_rate"]
     assert (flips["n"] == 6).all() and flips["value"].between(0, 100).all()
     # every cell is a number or n/a with its reason (e.g. no successful CF at CI scale)
     assert (table["value"].notna() | (table["not_applicable"] != "")).all()
     assert (table["n"] <= 6).all()
-    assert table[table["metric"] == "mnac"]["stand_ins"].str.contains("mini oracle").all()
+    # every MNAC that was computed names its stand-in (an n/a cell, e.g. no flip at CI scale, ran no network)
+    mnac = table[(table["metric"] == "mnac") & table["value"].notna()]
+    assert not mnac.empty and mnac["stand_ins"].str.contains("mini oracle").all()
     extra = pd.read_csv(wf / "results/tables/table_extra.csv", keep_default_na=False, na_values=[""])
     assert set(extra["metric"]) == {"sigma_l", "s3", "l1", "l2"} and set(extra["task"]) == {"smile"}
     sigma = extra[extra["metric"] == "sigma_l"]
@@ -106,6 +109,14 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
             assert len(list((tree / "Results/ace" / stage).glob("*/*/CF/*.png"))) == 6, stage
             assert len(list((tree / "Results/ace" / stage).glob("*/*/Info/*.txt"))) == 6, stage
         assert (tree / "Results/ace/explanation/summary.yaml").exists()
+        # SVCE: the largest radius in Results/svce (the tables), the others next to it, each with confidences
+        for folder in ("svce", "svce/radius_50", "svce/radius_75"):
+            assert len(list((tree / "Results" / folder).glob("*/*/CF/*.png"))) == 6, folder
+            info = next((tree / "Results" / folder).glob("*/*/Info/*.txt")).read_text()
+            assert "p_target:" in info and "radius:" in info
+        merged = json.loads((tree / "svce.merged.json").read_text())
+        assert set(merged["variants"]) == {"radius_50", "radius_75"}
+        assert (wf / f"results/figures/{experiment}/svce_radii.png").stat().st_size > 1000
     for log in ("logs/train/mini_ddpm.log", "logs/generate/celeba_smile/dime/0-of-2.log", "logs/tables/table1.log"):
         assert (wf / log).exists(), log
     # nothing left to do on a rerun

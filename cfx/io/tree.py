@@ -28,8 +28,11 @@ INFO_KEYS = (("label", "label"), ("pred", "pred"), ("target", "target"), ("cf pr
 # ACE writes l_inf instead of BKL (reference/dime_ace.md §2.9)
 ACE_INFO_KEYS = (("label", "label"), ("pred", "pred"), ("target", "target"), ("cf pred", "cf_pred"),
                  ("l_inf", "l_inf"), ("l_1", "l_1"))
-INFO_FORMATS = {"dime": INFO_KEYS, "ace": ACE_INFO_KEYS}
-FLOAT_KEYS = ("bkl", "l_1", "l_inf")
+# SVCE: DiME's keys (BKL = 1 − p(target | x')) plus the radius and the per-image confidences upstream never saves
+SVCE_INFO_KEYS = INFO_KEYS + (("radius", "radius"), ("eps", "eps"), ("l_p", "l_p"), ("p_target", "p_target"),
+                              ("p_target_original", "p_target_original"))
+INFO_FORMATS = {"dime": INFO_KEYS, "ace": ACE_INFO_KEYS, "svce": SVCE_INFO_KEYS}
+FLOAT_KEYS = ("bkl", "l_1", "l_inf", "radius", "eps", "l_p", "p_target", "p_target_original")
 REQUIRED_KEYS = ("label", "pred", "target", "cf_pred")
 
 
@@ -53,8 +56,9 @@ def format_info(values: dict[str, Any], info_format: str = "dime") -> str:
 
 
 def read_info(path: Path) -> dict[str, Any]:
-    """Parse an Info file into ``label, pred, target, cf_pred`` (int) and ``bkl, l_1`` (float)."""
-    names = dict(INFO_KEYS + ACE_INFO_KEYS)
+    """Parse an Info file into ``label, pred, target, cf_pred`` (int) and ``bkl, l_1`` (float); ACE's ``l_inf`` and
+    SVCE's radius and confidences (float) when present."""
+    names = dict(INFO_KEYS + ACE_INFO_KEYS + SVCE_INFO_KEYS)
     values: dict[str, Any] = {}
     for line in Path(path).read_text().splitlines():
         if ":" not in line:
@@ -154,6 +158,7 @@ class OutputTree:
         values = {"label": label, "pred": pred, "target": target, "cf_pred": cf_pred,
                   "bkl": float(info.get("bkl", float("nan"))), "l_inf": float(info.get("l_inf", float("nan"))),
                   "l_1": float(info.get("l_1", l_1))}
+        values.update({key: info[key] for _, key in INFO_FORMATS[self.info_format] if key not in values})
         info_path = folder / "Info" / f"{stem}.txt"
         tmp = info_path.with_name(f".{stem}.tmp{os.getpid()}")
         tmp.write_text(format_info(values, self.info_format))

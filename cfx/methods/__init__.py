@@ -14,12 +14,19 @@ from typing import Any
 
 import torch
 
-METHODS = {"dime": "cfx.methods.dime", "ace": "cfx.methods.ace"}
+METHODS = {"dime": "cfx.methods.dime", "ace": "cfx.methods.ace", "svce": "cfx.methods.svce"}
 # Results/<name> folder each method's generation rule writes, and the one its metrics read (ACE: the attack
 # writes pre-explanations, the ace_postprocess rule the explanations the papers evaluate).
-GENERATED_RESULTS = {"dime": "dime", "ace": "ace/pre-explanation"}
-EVALUATED_RESULTS = {"dime": "dime", "ace": "ace/explanation"}
-OUTPUT_FORMAT = {"dime": ("jpg", "dime"), "ace": ("png", "ace")}  # image extension, Info format
+GENERATED_RESULTS = {"dime": "dime", "ace": "ace/pre-explanation", "svce": "svce"}
+EVALUATED_RESULTS = {"dime": "dime", "ace": "ace/explanation", "svce": "svce"}
+OUTPUT_FORMAT = {"dime": ("jpg", "dime"), "ace": ("png", "ace"), "svce": ("png", "svce")}  # extension, Info format
+# Methods that search without a generative model (the experiment's DDPM is neither an input nor loaded)
+NO_DDPM = frozenset({"svce"})
+
+
+def uses_ddpm(method: str | None) -> bool:
+    """Whether generation with ``method`` loads the experiment's DDPM (None: a step of DiME/ACE's kind)."""
+    return method not in NO_DDPM
 
 
 @dataclass
@@ -32,6 +39,9 @@ class MethodOutput:
     targets: torch.Tensor
     cf_preds: torch.Tensor
     info: list[dict[str, Any]] = field(default_factory=list)
+    # further results of the same images written next to the evaluated ones, Results/<method>/<name>/ (SVCE: the
+    # counterfactuals of the other radii); the module's ``variant_names(config)`` lists the names
+    variants: dict[str, MethodOutput] = field(default_factory=dict)
 
 
 def check_inputs(method: str, config: dict[str, Any], defaults: dict[str, Any], images: torch.Tensor,

@@ -151,8 +151,9 @@ def load_simsiam_projector(ref: NetworkRef, device: str = "cpu") -> Batch:
 
 
 def load_classifier_logits(ref: NetworkRef, query_label: int, device: str = "cpu") -> Batch:
-    """[−1,1] images → the experiment classifier's logits (binary: the query attribute's logit, shape N)."""
-    if ref.kind == "classifier":
+    """[−1,1] images → the experiment classifier's logits (binary: the query attribute's logit, shape N); a
+    ``robust_classifier`` (SVCE's) is stored in the same format."""
+    if ref.kind in ("classifier", "robust_classifier"):
         from cfx.models.classifier import QueryClassifier, load_celeba_classifier
 
         net = load_celeba_classifier(_checkpoint(ref), **ref.spec.get("arch", {}))

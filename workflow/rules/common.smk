@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from cfx.metrics import METRICS
+from cfx.methods import uses_ddpm
 from cfx.runtime.download import checkpoint_filename
 
 from cfx.suite import (
@@ -48,6 +49,8 @@ def get_final_outputs():
     for table in TABLES:
         for experiment, method in table_pairs(SUITE, table):
             outputs.append(f"results/figures/{experiment}/{method}_grid.png")
+            if method == "svce":
+                outputs.append(f"results/figures/{experiment}/svce_radii.png")
     return sorted(set(outputs))
 
 
@@ -85,6 +88,16 @@ def model_index(wildcards):
     return f"results/data/{model_spec(wildcards)['dataset']}/index.csv"
 
 
+def model_inputs(wildcards):
+    """The dataset index a network trains on and, for a fine-tuned one (``init``), its starting checkpoint."""
+    inputs = {"index": model_index(wildcards)}
+    init = model_spec(wildcards).get("init")
+    if init:
+        section_entry(SUITE, "models", init)
+        inputs["init"] = f"resources/checkpoints/{init}.pt"
+    return inputs
+
+
 def experiment_spec(wildcards):
     return section_entry(SUITE, "experiments", wildcards.experiment)
 
@@ -116,22 +129,32 @@ def postprocess_inputs(wildcards):
     return inputs
 
 
+def generation_networks(wildcards):
+    """Names of the (classifier, DDPM or None) a generation job loads: the method's own classifier when its suite
+    entry names one (SVCE's robust network), else the experiment's; no DDPM for methods without one."""
+    spec = experiment_spec(wildcards)
+    method = getattr(wildcards, "method", None)
+    own = section_entry(SUITE, "methods", method).get("classifier") if method else None
+    ddpm = spec.get("ddpm") if uses_ddpm(method) else None
+    return own or spec["classifier"], ddpm
+
+
 def generate_inputs(wildcards):
     """The index and checkpoints one generation chunk needs."""
     spec = experiment_spec(wildcards)
+    classifier, ddpm = generation_networks(wildcards)
     inputs = {
         "index": f"results/data/{spec['dataset']}/index.csv",
-        "classifier": f"resources/checkpoints/{spec['classifier']}.pt",
+        "classifier": f"resources/checkpoints/{classifier}.pt",
     }
-    if spec.get("ddpm"):
-        inputs["ddpm"] = f"resources/checkpoints/{spec['ddpm']}.pt"
+    if ddpm:
+        inputs["ddpm"] = f"resources/checkpoints/{ddpm}.pt"
     return inputs
 
 
 def generation_models(wildcards):
     """Model specs (architecture flags) of the networks a generation chunk loads."""
-    spec = experiment_spec(wildcards)
-    names = [spec["classifier"]] + ([spec["ddpm"]] if spec.get("ddpm") else [])
+    names = [name for name in generation_networks(wildcards) if name]
     return {name: section_entry(SUITE, "models", name) for name in names}
 
 
@@ -159,6 +182,14 @@ def table_inputs(wildcards):
     return {"metrics": metrics, "merged": merged}
 
 
+def svce_class_names(wildcards):
+    """Names of the two classes of an experiment's binary query (SVCE figure titles)."""
+    from cfx.data.celeba import CELEBA_ATTRIBUTES
+
+    attribute = CELEBA_ATTRIBUTES[int(experiment_spec(wildcards)["query_label"])]
+    return [f"not {attribute}", attribute]
+
+
 def table_spec(wildcards):
     return section_entry(SUITE, "tables", wildcards.table)
 
@@ -176,7 +207,7 @@ def metric_inputs(wildcards):
     """The merged tree, the checkpoints of the metric's networks, the dataset index (CD reads the train
     labels) and, for σ_L, the merged trees of the extra-seed runs."""
     inputs = {"merged": f"results/cf/{wildcards.experiment}/{wildcards.method}.merged.json"}
-    networks = metric_networks(SUITE, wildcards.metric, wildcards.experiment)
+    networks = metric_networks(SUITE, wildcards.metric, wildcards.experiment, wildcards.method)
     for role, network in networks.items():
         if network["checkpoint"]:
             inputs[f"network_{role}"] = network["checkpoint"]
@@ -194,7 +225,7 @@ def metric_params(wildcards):
     spec = SUITE["metrics"].get(wildcards.metric) or {}
     return {
         "experiment": experiment_params(wildcards),
-        "networks": metric_networks(SUITE, wildcards.metric, wildcards.experiment),
+        "networks": metric_networks(SUITE, wildcards.metric, wildcards.experiment, wildcards.method),
         "options": spec.get("options", {}),
     }
 

@@ -3,7 +3,7 @@
 
 rule train_model:
     input:
-        index=model_index,
+        unpack(model_inputs),
     output:
         checkpoint="resources/checkpoints/{model}.pt",
         log_json="resources/checkpoints/{model}.train.json",

@@ -63,3 +63,24 @@ rule table_figure:
         ENV
     script:
         "../scripts/table_figure.py"
+
+
+rule svce_figure:
+    input:
+        merged="results/cf/{experiment}/svce.merged.json",
+    output:
+        figure=report(
+            "results/figures/{experiment}/svce_radii.png",
+            caption="../report/svce_figure.rst",
+            category="Figures",
+            labels={"experiment": "{experiment}", "method": "svce radii"},
+        ),
+    params:
+        n_images=8,
+        class_names=svce_class_names,
+    log:
+        "logs/figures/{experiment}/svce_radii.log",
+    conda:
+        ENV
+    script:
+        "../scripts/svce_figure.py"

@@ -11,4 +11,5 @@ train_from_spec(
     out_path=Path(snakemake.output.checkpoint),
     device=snakemake.params.device,
     threads=snakemake.threads,
+    init_checkpoint=Path(snakemake.input.init) if snakemake.input.get("init") else None,
 )
