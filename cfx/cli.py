@@ -104,8 +104,11 @@ def train(suite: str, scale: str, model: str, index_csv: Path, out: Path, device
 @click.option("--tree", required=True, type=click.Path(path_type=Path), help="Output tree, results/cf/EXPERIMENT.")
 @click.option("--manifest", type=click.Path(path_type=Path), help="Chunk manifest path (default under --tree).")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
+              help="UNet precision: auto = fp16 on CUDA (upstream use_fp16), fp32 on CPU.")
+@click.option("--batch-divisor", default=1, show_default=True, help="Divide the method's batch size (OOM retries).")
 def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, checkpoint_dir, tree, manifest,
-             device) -> None:
+             device, precision, batch_divisor) -> None:
     """Generate the counterfactuals of one chunk of one (experiment, method)."""
     from cfx.generate import generate_chunk
 
@@ -120,7 +123,7 @@ def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, c
         experiment=exp, method=method, method_spec=section_entry(spec, "methods", method),
         model_specs={n: section_entry(spec, "models", n) for n in names}, index_csv=index_csv,
         checkpoints=checkpoints, chunk=chunk, chunks=chunks, seed=seed, tree_root=tree, manifest_path=manifest,
-        device=device,
+        device=device, precision=precision, batch_divisor=batch_divisor,
     )
     click.echo(f"{result['n']} images, {result['flipped']} flipped; manifest {manifest}")
 
