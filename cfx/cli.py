@@ -193,5 +193,31 @@ def figure(tree, method, out, n_images) -> None:
     click.echo(grid_figure(tree, method, out, n_images=n_images, title=f"{method} on {tree.name}"))
 
 
+@main.command()
+@click.option("--method", type=click.Choice(["dime", "ace"]), required=True)
+@click.option("--size", type=click.Choice(["mini", "paper"]), default="mini", show_default=True,
+              help="paper: the CelebA-128 configuration of the papers; mini: the mini suite's.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--n-images", type=int, help="Images to run (default: one batch).")
+@click.option("--batch-size", type=int, help="Default: the configuration's (paper: DiME 50, ACE 3).")
+@click.option("--options", default="auto", show_default=True,
+              help="Comma-separated speed variants, options joined by +: fp32, fp16, bf16, autocast_fp16, "
+                   "autocast_bf16, channels_last, sdpa, compile (auto: fp32 on CPU, fp32,fp16 on CUDA).")
+@click.option("--max-steps", type=int, help="Shorten the schedule (DiME tau, ACE PGD iterations); recorded.")
+@click.option("--checkpoint-steps", default="none,1", show_default=True,
+              help="ACE: checkpoint_backward_steps settings to compare (none = plain backprop).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", default="results/bench", show_default=True, type=click.Path(path_type=Path),
+              help="Directory (file {method}-{size}-{device}.json) or a .json path.")
+def bench(method, size, device, n_images, batch_size, options, max_steps, checkpoint_steps, seed, out) -> None:
+    """Images/s, UNet forwards/s and peak memory of METHOD with random weights; writes a JSON."""
+    from cfx.bench import run_bench, summary_lines
+
+    report, path = run_bench(method, size, device=device, n_images=n_images, batch_size=batch_size, options=options,
+                             max_steps=max_steps, checkpoint_steps=checkpoint_steps, seed=seed, out=out)
+    click.echo("\n".join(summary_lines(report)))
+    click.echo(f"wrote {path}")
+
+
 if __name__ == "__main__":
     main()
