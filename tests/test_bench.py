@@ -115,3 +115,22 @@ def test_cpu_peak_memory_sees_a_temporary_allocation():
     if not memory.method.startswith("peak RSS"):
         pytest.skip(f"no resettable peak RSS here ({memory.method})")
     assert memory.peak - memory.baseline >= 200 * 2**20
+
+
+def test_cuda_peak_memory_path_with_a_fake_allocator(monkeypatch):
+    """The CUDA branch (no GPU here): reset before the block, max_memory_allocated after it."""
+    state = {"allocated": 100, "peak": 100, "resets": 0}
+
+    def reset(device=None):
+        state["resets"] += 1
+        state["peak"] = state["allocated"]
+
+    for name, fake in {"synchronize": lambda device=None: None, "empty_cache": lambda: None,
+                       "reset_peak_memory_stats": reset, "memory_allocated": lambda device=None: state["allocated"],
+                       "max_memory_allocated": lambda device=None: state["peak"]}.items():
+        monkeypatch.setattr(torch.cuda, name, fake)
+    state["peak"] = 10**9  # an earlier run's peak must not count
+    with bench.PeakMemory(torch.device("cuda")) as memory:
+        state["peak"] = 350
+    assert state["resets"] == 1 and memory.baseline == 100 and memory.peak == 350
+    assert memory.method.startswith("torch.cuda.max_memory_allocated")
