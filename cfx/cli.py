@@ -104,8 +104,11 @@ def train(suite: str, scale: str, model: str, index_csv: Path, out: Path, device
 @click.option("--tree", required=True, type=click.Path(path_type=Path), help="Output tree, results/cf/EXPERIMENT.")
 @click.option("--manifest", type=click.Path(path_type=Path), help="Chunk manifest path (default under --tree).")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
+              help="UNet precision: auto = fp16 on CUDA (upstream use_fp16), fp32 on CPU.")
+@click.option("--batch-divisor", default=1, show_default=True, help="Divide the method's batch size (OOM retries).")
 def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, checkpoint_dir, tree, manifest,
-             device) -> None:
+             device, precision, batch_divisor) -> None:
     """Generate the counterfactuals of one chunk of one (experiment, method)."""
     from cfx.generate import generate_chunk, method_classifier
     from cfx.methods import uses_ddpm
@@ -123,7 +126,7 @@ def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, c
         experiment=exp, method=method, method_spec=section_entry(spec, "methods", method),
         model_specs={n: section_entry(spec, "models", n) for n in names}, index_csv=index_csv,
         checkpoints=checkpoints, chunk=chunk, chunks=chunks, seed=seed, tree_root=tree, manifest_path=manifest,
-        device=device,
+        device=device, precision=precision, batch_divisor=batch_divisor,
     )
     click.echo(f"{result['n']} images, {result['flipped']} flipped; manifest {manifest}")
 
@@ -305,6 +308,32 @@ def download_cmd(names, suite, scale, list_only, fetch_all, directory, lock_path
             click.echo(f"error: {err}", err=True)
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(names)} checkpoints failed: {', '.join(failed)}")
+
+
+@main.command()
+@click.option("--method", type=click.Choice(["dime", "ace"]), required=True)
+@click.option("--size", type=click.Choice(["mini", "paper"]), default="mini", show_default=True,
+              help="paper: the CelebA-128 configuration of the papers; mini: the mini suite's.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--n-images", type=int, help="Images to run (default: one batch).")
+@click.option("--batch-size", type=int, help="Default: the configuration's (paper: DiME 50, ACE 3).")
+@click.option("--options", default="auto", show_default=True,
+              help="Comma-separated speed variants, options joined by +: fp32, fp16, bf16, autocast_fp16, "
+                   "autocast_bf16, channels_last, sdpa, compile (auto: fp32 on CPU, fp32,fp16 on CUDA).")
+@click.option("--max-steps", type=int, help="Shorten the schedule (DiME tau, ACE PGD iterations); recorded.")
+@click.option("--checkpoint-steps", default="none,1", show_default=True,
+              help="ACE: checkpoint_backward_steps settings to compare (none = plain backprop).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", default="results/bench", show_default=True, type=click.Path(path_type=Path),
+              help="Directory (file {method}-{size}-{device}.json) or a .json path.")
+def bench(method, size, device, n_images, batch_size, options, max_steps, checkpoint_steps, seed, out) -> None:
+    """Images/s, UNet forwards/s and peak memory of METHOD with random weights; writes a JSON."""
+    from cfx.bench import run_bench, summary_lines
+
+    report, path = run_bench(method, size, device=device, n_images=n_images, batch_size=batch_size, options=options,
+                             max_steps=max_steps, checkpoint_steps=checkpoint_steps, seed=seed, out=out)
+    click.echo("\n".join(summary_lines(report)))
+    click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 Chunks follow upstream (DiME ``ChunkedDataset``): image ``i`` of the experiment belongs to chunk
 ``i % chunks``, and its file stem is ``str(i).zfill(7)``. Every random draw of an image comes from its own
 generator seeded by (seed, method, stem), so the outputs do not depend on the chunk count or batch size.
-Finished instances are skipped on a rerun (their Info file is written last), so a killed job resumes.
+Finished instances are skipped on a rerun (their Info file is written last), so a killed job resumes. A CUDA
+out-of-memory error fails the job with a message; the workflow retries it with the batch divided by
+``batch_divisor`` = 2^(attempt−1) (rule ``generate``), keeping the images already written.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from cfx.data.celeba import CelebADataset
 from cfx.io.tree import OutputTree, read_info, write_dime_summary
 from cfx.methods import GENERATED_RESULTS, OUTPUT_FORMAT, get_method, uses_ddpm
 from cfx.runtime.device import select_device, set_threads
+from cfx.runtime.precision import apply_precision, resolve_precision
 from cfx.runtime.seeding import image_generators
 
 log = logging.getLogger(__name__)
@@ -65,10 +68,12 @@ def load_generation_models(
     checkpoints: dict[str, Path],
     device: torch.device,
     method: str | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Build the networks a method needs from their suite entries and checkpoints (strict loading). The
     classifier is the method's own (``classifier`` in its suite entry: SVCE's robust network) or the
-    experiment's; the DDPM is loaded for methods that use one."""
+    experiment's; the DDPM is loaded for methods that use one and computes in ``precision``
+    (``cfx.runtime.precision``: auto = fp16 on CUDA as upstream, fp32 on CPU)."""
     from cfx.models.classifier import QueryClassifier, load_celeba_classifier
 
     clf_spec = model_specs[method_classifier(method_spec, experiment)]
@@ -82,6 +87,7 @@ def load_generation_models(
 
         ddpm_spec = model_specs[experiment["ddpm"]]
         unet = load_adm_checkpoint(checkpoints["ddpm"], **ddpm_spec["flags"]).to(device).eval()
+        apply_precision(unet, resolve_precision(precision, device))
         diffusion_flags = dict(ddpm_spec.get("diffusion", {}))
         diffusion_flags["timestep_respacing"] = str(method_spec.get("timestep_respacing", ""))
         models["unet"] = unet
@@ -100,6 +106,13 @@ def load_generation_models(
 def method_classifier(method_spec: dict[str, Any], experiment: dict[str, Any]) -> str:
     """Name of the classifier a method explains: its suite entry's ``classifier`` or the experiment's."""
     return method_spec.get("classifier") or experiment["classifier"]
+
+
+def divided_batch_size(batch_size: int, batch_divisor: int) -> int:
+    """``batch_size // batch_divisor``, at least 1 (the batch of a retry after a CUDA out-of-memory error)."""
+    if batch_size < 1 or batch_divisor < 1:
+        raise ValueError(f"batch_size ({batch_size}) and batch_divisor ({batch_divisor}) must be >= 1")
+    return max(1, batch_size // batch_divisor)
 
 
 def _atomic_json(obj: Any, path: Path) -> None:
@@ -125,8 +138,13 @@ def generate_chunk(
     device: str = "auto",
     threads: int | None = None,
     progress: bool = True,
+    precision: str = "auto",
+    batch_divisor: int = 1,
 ) -> dict[str, Any]:
-    """Generate the counterfactuals of one chunk into the upstream tree and write the chunk manifest."""
+    """Generate the counterfactuals of one chunk into the upstream tree and write the chunk manifest.
+
+    The method's ``batch_size`` is divided by ``batch_divisor`` (at least 1 image per batch): the workflow passes
+    2^(attempt−1) so that a retry after a CUDA out-of-memory error runs with half the batch."""
     set_threads(threads)
     started = time.time()
     index = pd.read_csv(index_csv, dtype={"image_id": str})
@@ -149,6 +167,7 @@ def generate_chunk(
     for writer in (tree, *variants.values()):
         writer.remove_partial([tree.stem(i) for i in todo])
     log.info("chunk %d/%d: %d images, %d already done", chunk, chunks, len(positions), len(positions) - len(todo))
+    batch_size = divided_batch_size(int(method_spec.get("batch_size", 16)), batch_divisor)
 
     if todo:
         torch_device = select_device(device)
@@ -159,6 +178,7 @@ def generate_chunk(
             checkpoints=checkpoints,
             device=torch_device,
             method=method,
+            precision=precision,
         )
         dataset = CelebADataset(
             dataset_root_from_index(index, index_csv),
@@ -167,7 +187,6 @@ def generate_chunk(
             query_label=int(experiment["query_label"]),
             image_ids=[image_ids[i] for i in todo],
         )
-        batch_size = int(method_spec.get("batch_size", 16))
         bar = tqdm(total=len(todo), desc=f"{method} chunk {chunk}/{chunks}", unit="img", disable=not progress)
         for start in range(0, len(todo), batch_size):
             batch = [dataset[k] for k in range(start, min(start + batch_size, len(todo)))]
@@ -176,9 +195,16 @@ def generate_chunk(
             labels = torch.stack([torch.as_tensor(lab) for _, _, lab in batch]).to(torch_device)
             stems = [tree.stem(i) for i in positions_batch]
             generators = image_generators(seed, method, stems, torch_device)
-            output = module.generate(
-                images, labels, models=models, config=method_spec["config"], generators=generators
-            )
+            try:
+                output = module.generate(
+                    images, labels, models=models, config=method_spec["config"], generators=generators
+                )
+            except torch.cuda.OutOfMemoryError:
+                log.error("CUDA out of memory at batch size %d (batch_divisor %d); the %d finished images of this "
+                          "chunk are kept. The workflow retries the job with half the batch (rule generate: "
+                          "retries, resource batch_divisor); by hand: cfx generate --batch-divisor %d", len(stems),
+                          batch_divisor, len(positions) - len(todo) + start, 2 * batch_divisor)
+                raise
             for k, stem in enumerate(stems):
                 for name, variant in variants.items():
                     extra = output.variants[name]
@@ -224,6 +250,7 @@ def generate_chunk(
         "flipped": flipped,
         "records": records,
         "generated_now": len(todo),
+        "batch_size": batch_size,
         "seconds": round(time.time() - started, 2),
     }
     if variant_records:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cfx.generate import _atomic_json, load_generation_models
+from cfx.generate import _atomic_json, divided_batch_size, load_generation_models
 from cfx.io.images import load_image
 from cfx.io.tree import LEAVES, SUBSETS, OutputTree, read_info
 from cfx.methods import EVALUATED_RESULTS, GENERATED_RESULTS
@@ -49,8 +49,11 @@ def postprocess_chunk(
     device: str = "auto",
     threads: int | None = None,
     progress: bool = True,
+    precision: str = "auto",
+    batch_divisor: int = 1,
 ) -> dict[str, Any]:
-    """Write ``Results/ace/explanation`` for the stems of one attack chunk and the chunk's manifest."""
+    """Write ``Results/ace/explanation`` for the stems of one attack chunk and the chunk's manifest (UNet
+    ``precision`` and ``batch_divisor`` as :func:`cfx.generate.generate_chunk`)."""
     set_threads(threads)
     started = time.time()
     pre = json.loads(Path(pre_manifest).read_text())
@@ -69,8 +72,8 @@ def postprocess_chunk(
     if todo:
         torch_device = select_device(device)
         models = load_generation_models(method_spec=method_spec, experiment=experiment, model_specs=model_specs,
-                                        checkpoints=checkpoints, device=torch_device)
-        batch_size = int(method_spec.get("batch_size", 16))
+                                        checkpoints=checkpoints, device=torch_device, precision=precision)
+        batch_size = divided_batch_size(int(method_spec.get("batch_size", 16)), batch_divisor)
         bar = tqdm(total=len(todo), desc="ACE post-processing", unit="img", disable=not progress)
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]

@@ -6,7 +6,8 @@
 converted to float16 (``convert_to_fp16``), as upstream's ``use_fp16``. Attention is computed in upstream's
 einsum form (q and k each scaled by ch^(-1/4), softmax in float32), so outputs equal upstream's bit for bit in
 float32; ``use_checkpoint`` recomputes ResBlocks and attention blocks in the backward pass
-(``torch.utils.checkpoint``, same numbers).
+(``torch.utils.checkpoint``, same numbers). :func:`set_attention_backend` switches attention to
+``torch.nn.functional.scaled_dot_product_attention`` (a speed option; equal within rounding, see ``cfx bench``).
 """
 
 from __future__ import annotations
@@ -175,12 +176,13 @@ class QKVAttentionLegacy(nn.Module):
     def __init__(self, n_heads: int) -> None:
         super().__init__()
         self.n_heads = n_heads
+        self.backend = "einsum"
 
     def forward(self, qkv: torch.Tensor) -> torch.Tensor:
         bs, width, length = qkv.shape
         ch = width // (3 * self.n_heads)
         q, k, v = qkv.reshape(bs * self.n_heads, ch * 3, length).split(ch, dim=1)
-        return _attend(q, k, v).reshape(bs, -1, length)
+        return _attend(q, k, v, self.backend).reshape(bs, -1, length)
 
 
 class QKVAttention(nn.Module):
@@ -189,17 +191,35 @@ class QKVAttention(nn.Module):
     def __init__(self, n_heads: int) -> None:
         super().__init__()
         self.n_heads = n_heads
+        self.backend = "einsum"
 
     def forward(self, qkv: torch.Tensor) -> torch.Tensor:
         bs, width, length = qkv.shape
         ch = width // (3 * self.n_heads)
         q, k, v = qkv.chunk(3, dim=1)
         shape = (bs * self.n_heads, ch, length)
-        return _attend(q.reshape(shape), k.reshape(shape), v.reshape(shape)).reshape(bs, -1, length)
+        return _attend(q.reshape(shape), k.reshape(shape), v.reshape(shape), self.backend).reshape(bs, -1, length)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(qᵀk/√ch) weights applied to v, softmax in float32 (guided-diffusion's einsum form)."""
+ATTENTION_BACKENDS = ("einsum", "sdpa")
+
+
+def set_attention_backend(model: nn.Module, backend: str) -> None:
+    """Attention of every block of ``model``: ``einsum`` (upstream's form, the default) or ``sdpa``
+    (``F.scaled_dot_product_attention``: fused kernels on GPU, the same softmax(qᵀk/√ch)·v up to rounding)."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got '{backend}'")
+    for module in model.modules():
+        if isinstance(module, (QKVAttentionLegacy, QKVAttention)):
+            module.backend = backend
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "einsum") -> torch.Tensor:
+    """softmax(qᵀk/√ch) weights applied to v, (B·heads, ch, T) → (B·heads, ch, T); ``einsum``: softmax in float32
+    (guided-diffusion ``QKVAttentionLegacy``); ``sdpa``: torch's fused attention on (…, T, ch)."""
+    if backend == "sdpa":
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
     scale = 1 / math.sqrt(math.sqrt(q.shape[1]))
     weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
     weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
@@ -325,8 +345,12 @@ class UNetModel(nn.Module):
         self._convert(torch.float16)
 
     def convert_to_fp32(self) -> None:
-        """Undo ``convert_to_fp16``."""
+        """Undo ``convert_to_fp16`` (or ``convert_to_bf16``)."""
         self._convert(torch.float32)
+
+    def convert_to_bf16(self) -> None:
+        """The same convolutions to bfloat16 (not upstream: a ``precision`` option of cfx)."""
+        self._convert(torch.bfloat16)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if (y is not None) != (self.num_classes is not None):

@@ -1,4 +1,7 @@
 # Counterfactual generation per (experiment, method, chunk) and the merge + sanity check of all chunks.
+# A CUDA out-of-memory error fails a generation job; Snakemake retries it (retries) and the script divides the
+# method's batch size by the resource batch_divisor = 2^(attempt-1). Images already written are kept (resume).
+# The divisor is a resource, not a param: params must not change between attempts (params are a rerun trigger).
 
 
 rule generate:
@@ -12,8 +15,11 @@ rule generate:
         models=generation_models,
         seed=experiment_seed,
         device=config["device"],
+        precision=config["precision"],
     resources:
         gpu=1,
+        batch_divisor=lambda wildcards, attempt: 2 ** (attempt - 1),
+    retries: 3
     log:
         "logs/generate/{experiment}/{method}/{chunk}-of-{chunks}.log",
     conda:
@@ -33,8 +39,11 @@ rule ace_postprocess:
         models=generation_models,
         seed=experiment_seed,
         device=config["device"],
+        precision=config["precision"],
     resources:
         gpu=1,
+        batch_divisor=lambda wildcards, attempt: 2 ** (attempt - 1),
+    retries: 3
     log:
         "logs/ace_postprocess/{experiment}/{chunk}-of-{chunks}.log",
     conda:

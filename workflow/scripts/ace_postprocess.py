@@ -16,4 +16,6 @@ postprocess_chunk(
     manifest_path=Path(snakemake.output.manifest),
     device=snakemake.params.device,
     threads=snakemake.threads,
+    precision=snakemake.params.precision,
+    batch_divisor=snakemake.resources.batch_divisor,
 )

@@ -19,4 +19,6 @@ generate_chunk(
     manifest_path=Path(snakemake.output.manifest),
     device=snakemake.params.device,
     threads=snakemake.threads,
+    precision=snakemake.params.precision,
+    batch_divisor=snakemake.resources.batch_divisor,
 )
