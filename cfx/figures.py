@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -97,11 +98,16 @@ def table_figure(table_csv: Path, out_path: Path, *, title: str = "") -> Path:
         ax.tick_params(axis="y", labelsize=7)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    legend: dict[str, Any] = {}  # method -> bar handle, from any panel (a metric may be n/a for every method)
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    handles, labels = list(legend.values()), list(legend)
     if df["published"].notna().any():
         handles.append(plt.Line2D([], [], color="black", lw=2))
         labels.append("published")
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    if labels:
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     stand_ins = sorted({s for s in df["stand_ins"].dropna() if s})
     fig.suptitle(title or Path(table_csv).stem, fontsize=10)
     if stand_ins:

@@ -104,3 +104,28 @@ def test_table_figure_png(tmp_path):
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size[0] >= 300
     assert not list((tmp_path / "fig").glob(".*tmp*"))
+
+
+def test_table_figure_all_cells_not_applicable(tmp_path):
+    """A table whose every cell is n/a still gets a figure (no bars, so no legend) instead of a crash."""
+    from PIL import Image
+
+    from cfx.figures import table_figure
+
+    spec = {"title": "all n/a", "methods": ["dime", "ace"], "tasks": {"smile": "celeba_smile"}, "metrics": ["fva"]}
+    metric_files, merged_files = [], []
+    for method in ("dime", "ace"):
+        path = tmp_path / "metrics" / "celeba_smile" / method / "fva.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"metric": "fva", "method": method, "value": None, "n": 0,
+                                    "not_applicable": "no successful counterfactual"}))
+        metric_files.append(path)
+        merged = tmp_path / "cf" / "celeba_smile" / f"{method}.merged.json"
+        merged.parent.mkdir(parents=True, exist_ok=True)
+        merged.write_text(json.dumps({"method": method, "n": 4, "flip_rate": 0.0}))
+        merged_files.append(merged)
+    out = tmp_path / "tables" / "t.csv"
+    build_table("t", spec, metric_files=metric_files, merged_files=merged_files, out_csv=out, suite="mini")
+    png = table_figure(out, tmp_path / "fig" / "t.png")
+    with Image.open(png) as image:
+        assert image.format == "PNG"
