@@ -100,7 +100,7 @@ def table_figure(table_csv: Path, out_path: Path, *, title: str = "") -> Path:
         ax.axis("off")
     legend: dict[str, Any] = {}  # method -> bar handle, from any panel (a metric may be n/a for every method)
     for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             legend.setdefault(label, handle)
     handles, labels = list(legend.values()), list(legend)
     if df["published"].notna().any():
