@@ -211,8 +211,8 @@ def _slurm_jobs(env: dict) -> list[dict[str, str]]:
     return jobs
 
 
-def _planned_resources(wf: Path, env: dict) -> dict[str, str]:
-    """The resources of the first job of each rule in a dry run through the Slurm profile."""
+def _planned_resources(wf: Path, env: dict) -> dict[str, list[str]]:
+    """The resources of every planned job, per rule, in a dry run through the Slurm profile."""
     result = subprocess.run(SNAKEMAKE + ["-n", "--workflow-profile", "workflow/profiles/slurm"], cwd=wf, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -221,7 +221,7 @@ def _planned_resources(wf: Path, env: dict) -> dict[str, str]:
         if match := re.fullmatch(r"(?:local)?rule (\w+):", line.strip()):
             rule = match.group(1)
         elif line.strip().startswith("resources:") and rule:
-            planned.setdefault(rule, line.strip())
+            planned.setdefault(rule, []).append(line.strip())
     return planned
 
 
@@ -232,12 +232,15 @@ def test_slurm_profile_asks_one_gpu_per_gpu_job_unless_turned_off(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "CFX_SLURM_GPUS"}
     planned = _planned_resources(wf, env)
     for rule in ("generate", "ace_postprocess", "train_model"):
-        assert re.search(r"\bgpu=1\b", planned[rule]) and "cpus_per_gpu=4" in planned[rule], planned[rule]
-    assert "mem_mb=32000" in planned["generate"] and "runtime=720" in planned["generate"]
-    assert "mem_mb=8000" in planned["metric"] and "runtime=60" in planned["metric"] and "gpu" not in planned["metric"]
+        assert all(re.search(r"\bgpu=1\b", r) and "cpus_per_gpu=4" in r for r in planned[rule]), planned[rule]
+    assert "mem_mb=32000" in planned["generate"][0] and "runtime=720" in planned["generate"][0]
+    assert all("mem_mb=8000" in r and "runtime=60" in r for r in planned["metric"]), planned["metric"]
+    # metrics that run a network ask for a GPU, the others (flip rate, COUT, l1/l2) for none
+    metric_gpus = {re.search(r"\bgpu=(\d)", r).group(1) for r in planned["metric"]}
+    assert metric_gpus == {"0", "1"}, planned["metric"]
     no_gpu = _planned_resources(wf, {**env, "CFX_SLURM_GPUS": "0"})
-    for rule in ("generate", "ace_postprocess", "train_model"):
-        assert re.search(r"\bgpu=0\b", no_gpu[rule]) and "runtime=" in no_gpu[rule], no_gpu[rule]
+    for rule in ("generate", "ace_postprocess", "train_model", "metric"):
+        assert all(re.search(r"\bgpu=0\b", r) and "runtime=" in r for r in no_gpu[rule]), no_gpu[rule]
 
 
 @pytest.mark.slurm
