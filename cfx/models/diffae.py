@@ -228,7 +228,9 @@ class BeatGANsAutoencoder(nn.Module):
         levels = len(channel_mult)
 
         def block(ch_in: int, ch_out: int | None = None, **kw: Any) -> ResBlock:
-            return ResBlock(ch_in, embed_channels, dropout, out_channels=ch_out, two_cond=True, **kw)
+            # upstream: cond_emb_channels = resnet_cond_channels or embed_channels (= style_ch in every template)
+            return ResBlock(ch_in, embed_channels, dropout, out_channels=ch_out, two_cond=True,
+                            cond_emb_channels=enc_out_channels, **kw)
 
         ch = input_ch = int(channel_mult[0] * model_channels)
         self.input_blocks = nn.ModuleList([Sequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
