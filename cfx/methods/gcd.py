@@ -488,8 +488,9 @@ def generate(images: torch.Tensor, labels: torch.Tensor, *, models: dict[str, An
 
     ``models``: ``diffae`` (:class:`cfx.models.diffae.DiffAE`), ``classifier`` ([−1, 1] → (B,) query logit or
     (B, K)), ``direction`` (a :class:`Direction`, or ``config['direction']`` = a path for :func:`load_direction`).
-    Binary task: the target is 1 − prediction, as DiME. ``noise`` is x_T (the DDIM inversion). Deterministic: the
-    generators are not used (GCD's transfer draws nothing)."""
+    Binary task: the target is 1 − prediction, as DiME. ``noise`` is x_T (the DDIM inversion); ``info[k]['bkl']``
+    = 1 − p(target | x') = the own-class probability at the CF. Deterministic: the generators are not used (GCD's
+    transfer draws nothing)."""
     cfg = check_inputs("GCD", {k: v for k, v in config.items() if k != "direction"}, DEFAULTS, images, generators)
     direction = models.get("direction")
     if direction is None:
@@ -499,7 +500,7 @@ def generate(images: torch.Tensor, labels: torch.Tensor, *, models: dict[str, An
     out = transfer(images, direction, dae=models["diffae"], classifier=models["classifier"], config=cfg,
                    progress=progress)
     preds = out["preds"].to(images.device)
-    info = [{"step": s, "flipped": f, "p_own": p, "direction_kind": direction.kind}
+    info = [{"bkl": p, "step": s, "flipped": f, "p_own": p, "direction_kind": direction.kind}
             for s, f, p in zip(out["steps"], out["flipped"], out["p_own"], strict=True)]
     return MethodOutput(counterfactuals=out["counterfactuals"].to(images.device), noise=out["x_T"].to(images.device),
                         preds=preds, targets=1 - preds, cf_preds=out["cf_preds"].to(images.device), info=info)
