@@ -165,3 +165,22 @@ def test_encode_and_render_shapes():
         assert torch.allclose(dae.render(x_T[:2], z[:2]), dae.render(x_T[:2], z[:2]))
     with pytest.raises(ValueError, match="no resizing"):
         dae.encode(torch.zeros(1, 1, 64, 64))
+
+
+def test_train_diffae_writes_the_published_layout_and_learns(tmp_path):
+    from cfx.data.synthetic import write_synthetic_celeba
+    from cfx.train import train_diffae
+
+    root = write_synthetic_celeba(tmp_path / "data", n_identities=6, images_per_identity=4, image_size=32, seed=0,
+                                  progress=False)
+    flags = dict(img_size=16, net_ch=32, net_ch_mult=(1, 2), net_enc_channel_mult=(1, 2), net_attn=(8,),
+                 style_ch=32, net_beatgans_embed_channels=32)
+    log = train_diffae(root, tmp_path / "dae.pt", flags=flags, steps=16, batch_size=4, lr=2e-3, max_timestep=200,
+                       ema_decay=0.9, image_size=16, device="cpu")
+    assert log["kind"] == "diffae" and log["steps"] == 16
+    assert log["final_loss"] < log["first_loss"]
+    state = torch.load(tmp_path / "dae.pt", weights_only=True)["state_dict"]
+    assert {k.split(".", 1)[0] for k in state} == {"model", "ema_model"}
+    model = load_diffae_checkpoint(tmp_path / "dae.pt", None, **flags)
+    assert not torch.equal(state["model.out.2.weight"], state["ema_model.out.2.weight"])  # EMA saved as ema_model
+    assert torch.equal(model.out[2].weight, state["ema_model.out.2.weight"])
