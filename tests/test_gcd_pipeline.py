@@ -77,3 +77,27 @@ def test_direction_search_transfer_tree_and_bblig(setup):
     arrays = np.load(setup / "bblig" / "0000000.npz")
     assert arrays["map"].shape == (32, 32) and arrays["sig"].shape == (3, 32, 32)
     assert (setup / "bblig" / "0000001.png").stat().st_size > 1000
+
+
+def test_cli_runs_the_three_gcd_steps(setup):
+    import yaml
+    from click.testing import CliRunner
+
+    from cfx.cli import main
+
+    suite = {"name": "t", "datasets": {}, "models": MODELS, "methods": {"gcd": GCD},
+             "experiments": {"e": {**EXPERIMENT, "methods": ["gcd"]}}, "tables": {}}
+    (setup / "suite.yaml").write_text(yaml.safe_dump(suite))
+    common = ["--suite", str(setup / "suite.yaml"), "--experiment", "e", "--index", str(setup / "index.csv"),
+              "--checkpoints", str(setup), "--diffae", str(setup / "tiny_dae.ckpt"), "--device", "cpu"]
+    runner = CliRunner()
+    out = runner.invoke(main, ["gcd", "direction", *common, "--out", str(setup / "cli" / "direction.pt")])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(main, ["generate", *common, "--method", "gcd", "--tree", str(setup / "cli" / "tree"),
+                               "--direction", str(setup / "cli" / "direction.pt")])
+    assert out.exit_code == 0, out.output
+    assert "3 images" in out.output
+    out = runner.invoke(main, ["gcd", "bblig", *common, "--direction", str(setup / "cli" / "direction.pt"),
+                               "--out", str(setup / "cli" / "bblig"), "--n-images", "1"])
+    assert out.exit_code == 0, out.output
+    assert (setup / "cli" / "bblig" / "0000000.png").exists()
