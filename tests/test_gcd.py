@@ -229,3 +229,11 @@ def test_search_transfer_generate_and_bblig_end_to_end(tiny, tmp_path):
         assert math.isfinite(result["error"])
     npz, png = gcd.save_bblig(result, tmp_path / "bblig" / "img0", title="tiny")
     assert png.stat().st_size > 0 and set(np.load(npz)) >= {"sig", "map", "error", "baseline_step"}
+
+
+def test_bblig_path_quantisation_is_torchvisions():
+    from torchvision.transforms.functional import convert_image_dtype
+
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = convert_image_dtype(convert_image_dtype(x, torch.uint8), torch.float32)
+    assert torch.equal(gcd._quantise(x), expected)

@@ -543,8 +543,8 @@ def latent_integrated_gradients(path: torch.Tensor, f: Callable[[torch.Tensor], 
 
 
 def _quantise(images01: torch.Tensor) -> torch.Tensor:
-    """uint8 and back, as ``convert_image_dtype`` (×255, truncation) in ``sig.py``."""
-    return (images01.clamp(0, 1) * 255).to(torch.uint8).float() / 255
+    """uint8 and back, as torchvision's ``convert_image_dtype`` in ``sig.py`` (×(256 − 1e-3), truncation; ÷255)."""
+    return (images01.clamp(0, 1) * (256 - 1e-3)).to(torch.uint8).float() / 255
 
 
 def bblig(image: torch.Tensor, direction: Direction, *, dae: Any, classifier: Callable,
