@@ -203,7 +203,8 @@ def test_search_transfer_generate_and_bblig_end_to_end(tiny, tmp_path):
     out = gcd.search_directions(image, dae=dae, scorer=scorer, config=config,
                                 generator=torch.Generator().manual_seed(0))
     it = out["iterations"]
-    assert [r["proxy_train_size"] for r in it] == [2 * (48 - 16), 4 * (48 - 16)]  # data accumulate
+    # each iteration's 2 x 48 renders are split together: 1 validation batch of 16, 5 training batches; accumulated
+    assert [r["proxy_train_size"] for r in it] == [96 - 16, 2 * (96 - 16)]
     assert len(out["directions"]) == 2 * (2 + 2)
     assert all(abs(float(d.vector.norm()) - 1) < 1e-5 for d in out["directions"])
     assert out["chosen"] is gcd.choose_direction(out["directions"])

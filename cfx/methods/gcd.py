@@ -381,10 +381,14 @@ def search_directions(image: torch.Tensor, *, dae: Any, scorer: Scorer, config: 
     iterations: list[dict[str, Any]] = []
     zero = torch.zeros(z_src.shape[1])
     for it in range(int(cfg["n_iters"])):
+        # the iteration's renders of every DAE step are split into batches together (upstream: prepare_train_val_data
+        # at epoch 0 on the whole strategy buffer), so n_val_batches counts per iteration, not per DAE step
+        step_data: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for _ in range(int(cfg["n_steps_dae"])):
             z = uniform_norm_perturbations(z_src, int(cfg["dae_batch_size"]), float(cfg["max_norm"]), generator)
             logits, lpips = scorer(render(z))
-            trainer.add(z - z_src, logits, lpips)
+            step_data.append((z - z_src, logits, lpips))
+        trainer.add(*(torch.cat(parts) for parts in zip(*step_data, strict=True)))
         fit = trainer.fit(int(cfg["n_steps_proxy"]))
         proxy = trainer.model
         found: list[tuple[torch.Tensor, str, float, float, float]] = []
