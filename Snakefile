@@ -15,6 +15,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/resources.smk"
 include: "workflow/rules/generate.smk"
+include: "workflow/rules/gcd.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/tables.smk"
 

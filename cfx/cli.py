@@ -107,8 +107,11 @@ def train(suite: str, scale: str, model: str, index_csv: Path, out: Path, device
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
               help="UNet precision: auto = fp16 on CUDA (upstream use_fp16), fp32 on CPU.")
 @click.option("--batch-divisor", default=1, show_default=True, help="Divide the method's batch size (OOM retries).")
+@click.option("--diffae", type=click.Path(path_type=Path), help="GCD: DiffAE checkpoint (default CHECKPOINTS/NAME.pt).")
+@click.option("--direction", type=click.Path(path_type=Path),
+              help="GCD: direction file (default results/gcd/EXPERIMENT/direction.pt).")
 def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, checkpoint_dir, tree, manifest,
-             device, precision, batch_divisor) -> None:
+             device, precision, batch_divisor, diffae, direction) -> None:
     """Generate the counterfactuals of one chunk of one (experiment, method)."""
     from cfx.generate import generate_chunk, method_classifier
     from cfx.methods import uses_ddpm
@@ -121,6 +124,11 @@ def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, c
     checkpoints = {"classifier": checkpoint_dir / f"{classifier}.pt"}
     if ddpm:
         checkpoints["ddpm"] = checkpoint_dir / f"{ddpm}.pt"
+    if method == "gcd":
+        dae_name = section_entry(spec, "methods", "gcd")["diffae"]
+        names.append(dae_name)
+        checkpoints["diffae"] = diffae or checkpoint_dir / f"{dae_name}.pt"
+        checkpoints["direction"] = direction or Path("results/gcd") / experiment / "direction.pt"
     manifest = manifest or tree / "chunks" / method / f"{chunk}-of-{chunks}.json"
     result = generate_chunk(
         experiment=exp, method=method, method_spec=section_entry(spec, "methods", method),
@@ -129,6 +137,66 @@ def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, c
         device=device, precision=precision, batch_divisor=batch_divisor,
     )
     click.echo(f"{result['n']} images, {result['flipped']} flipped; manifest {manifest}")
+
+
+@main.group()
+def gcd() -> None:
+    """GCD's direction search and BB-LIG maps (the transfer is `cfx generate --method gcd`)."""
+
+
+def _gcd_setup(suite: str, scale: str, experiment: str, checkpoint_dir: Path, diffae: Path | None):
+    spec = _suite(suite, scale)
+    exp = section_entry(spec, "experiments", experiment)
+    method_spec = section_entry(spec, "methods", "gcd")
+    names = [exp["classifier"], method_spec["diffae"]]
+    checkpoints = {"classifier": checkpoint_dir / f"{exp['classifier']}.pt",
+                   "diffae": diffae or checkpoint_dir / f"{method_spec['diffae']}.pt"}
+    return exp, method_spec, {n: section_entry(spec, "models", n) for n in names}, checkpoints
+
+
+@gcd.command("direction")
+@suite_option
+@scale_option
+@click.option("--experiment", required=True)
+@click.option("--index", "index_csv", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--checkpoints", "checkpoint_dir", default="resources/checkpoints", show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--diffae", type=click.Path(path_type=Path), help="DiffAE checkpoint (default CHECKPOINTS/NAME.pt).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Direction file to write.")
+@click.option("--seed", default=4, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def gcd_direction_cmd(suite, scale, experiment, index_csv, checkpoint_dir, diffae, out, seed, device) -> None:
+    """Search GCD directions around the experiment's source image and write the chosen one."""
+    from cfx.steps import gcd_direction
+
+    exp, method_spec, models, checkpoints = _gcd_setup(suite, scale, experiment, checkpoint_dir, diffae)
+    record = gcd_direction(experiment=exp, method_spec=method_spec, model_specs=models, index_csv=index_csv,
+                           checkpoints=checkpoints, out_path=out, seed=seed, device=device)
+    click.echo(json.dumps(record["chosen"], indent=1))
+
+
+@gcd.command("bblig")
+@suite_option
+@scale_option
+@click.option("--experiment", required=True)
+@click.option("--index", "index_csv", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--checkpoints", "checkpoint_dir", default="resources/checkpoints", show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--diffae", type=click.Path(path_type=Path), help="DiffAE checkpoint (default CHECKPOINTS/NAME.pt).")
+@click.option("--direction", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the .npz files and figures.")
+@click.option("--n-images", default=4, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def gcd_bblig_cmd(suite, scale, experiment, index_csv, checkpoint_dir, diffae, direction, out, n_images,
+                  device) -> None:
+    """BB-LIG maps of the experiment's first images along a GCD direction."""
+    from cfx.steps import gcd_bblig
+
+    exp, method_spec, models, checkpoints = _gcd_setup(suite, scale, experiment, checkpoint_dir, diffae)
+    checkpoints["direction"] = direction
+    rows = gcd_bblig(experiment=exp, method_spec=method_spec, model_specs=models, index_csv=index_csv,
+                     checkpoints=checkpoints, out_dir=out, n_images=n_images, device=device)
+    click.echo(json.dumps(rows, indent=1))
 
 
 @main.command()

@@ -73,7 +73,9 @@ def load_generation_models(
     """Build the networks a method needs from their suite entries and checkpoints (strict loading). The
     classifier is the method's own (``classifier`` in its suite entry: SVCE's robust network) or the
     experiment's; the DDPM is loaded for methods that use one and computes in ``precision``
-    (``cfx.runtime.precision``: auto = fp16 on CUDA as upstream, fp32 on CPU)."""
+    (``cfx.runtime.precision``: auto = fp16 on CUDA as upstream, fp32 on CPU). GCD: the DiffAE named by its suite
+    entry (``diffae``; checkpoint ``diffae``, float16 autocast when the precision resolves to fp16, as upstream's
+    ``fp16=True``) and its direction (checkpoint ``direction``, written by the direction search)."""
     from cfx.models.classifier import QueryClassifier, load_celeba_classifier
 
     clf_spec = model_specs[method_classifier(method_spec, experiment)]
@@ -92,6 +94,18 @@ def load_generation_models(
         diffusion_flags["timestep_respacing"] = str(method_spec.get("timestep_respacing", ""))
         models["unet"] = unet
         models["diffusion"] = create_gaussian_diffusion(**diffusion_flags)
+    if method == "gcd":
+        from cfx.methods.gcd import DEFAULTS as GCD_DEFAULTS
+        from cfx.methods.gcd import load_direction
+        from cfx.models.diffae import DiffAE, load_diffae_checkpoint
+
+        cfg = {**GCD_DEFAULTS, **method_spec.get("config", {})}
+        dae_spec = model_specs[method_spec["diffae"]]
+        model = load_diffae_checkpoint(checkpoints["diffae"], dae_spec.get("template"), **dae_spec.get("flags", {}))
+        models["diffae"] = DiffAE(model.to(device), T_encode=int(cfg["T_encode"]), T_render=int(cfg["T_render"]),
+                                  batch_size=int(cfg["transfer_batch_size"]),
+                                  autocast=resolve_precision(precision, device) == "fp16")
+        models["direction"] = load_direction(checkpoints["direction"])
     if float(method_spec.get("config", {}).get("l_perc", 0.0)) > 0:
         from cfx.models.perceptual import load_vgg19_perceptual
 

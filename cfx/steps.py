@@ -36,6 +36,11 @@ def train_from_spec(
             data_root, out_path, model_flags=spec["flags"], diffusion_flags=spec.get("diffusion", {}),
             image_size=int(spec["image_size"]), device=device, **options,
         )
+    if kind == "diffae":
+        return train.train_diffae(
+            data_root, out_path, flags=spec.get("flags", {}), template=spec.get("template"),
+            image_size=int(spec["image_size"]), device=device, **options,
+        )
     if kind == "classifier":
         return train.train_classifier(
             data_root, out_path, arch=spec.get("arch", {}), image_size=int(spec["image_size"]), device=device,
@@ -58,4 +63,127 @@ def train_from_spec(
             data_root, out_path, arch=spec.get("arch", {}), image_size=int(spec["image_size"]), device=device,
             **options,
         )
-    raise ValueError(f"unknown model kind '{kind}' (expected ddpm, classifier, robust_classifier, oracle or identity)")
+    raise ValueError(f"unknown model kind '{kind}' (expected ddpm, diffae, classifier, robust_classifier, oracle or "
+                     f"identity)")
+
+
+def _gcd_networks(experiment: dict[str, Any], method_spec: dict[str, Any], model_specs: dict[str, dict[str, Any]],
+                  checkpoints: dict[str, Path], device: str, precision: str = "auto") -> tuple[Any, Any, Any]:
+    """GCD's DiffAE (the method's ``diffae`` entry), the experiment's query classifier and LPIPS (the method's
+    ``lpips`` network: ``{kind: lpips_vgg}`` as upstream, ``{kind: lpips_random, seed}`` offline)."""
+    import torch
+
+    from cfx.methods.gcd import DEFAULTS
+    from cfx.metrics import NetworkRef
+    from cfx.metrics.sigma_l import load_lpips
+    from cfx.models.classifier import QueryClassifier, load_celeba_classifier
+    from cfx.models.diffae import DiffAE, load_diffae_checkpoint
+    from cfx.runtime.device import select_device
+    from cfx.runtime.precision import resolve_precision
+
+    dev = select_device(device)
+    cfg = {**DEFAULTS, **method_spec.get("config", {})}
+    dae_spec = model_specs[method_spec["diffae"]]
+    model = load_diffae_checkpoint(checkpoints["diffae"], dae_spec.get("template"), **dae_spec.get("flags", {}))
+    dae = DiffAE(model.to(dev), T_encode=int(cfg["T_encode"]), T_render=int(cfg["T_render"]),
+                 batch_size=int(cfg["dae_batch_size"]), autocast=resolve_precision(precision, dev) == "fp16")
+    clf_spec = model_specs[experiment["classifier"]]
+    classifier = QueryClassifier(load_celeba_classifier(checkpoints["classifier"], **clf_spec.get("arch", {})),
+                                 int(experiment["query_label"])).to(dev).eval().requires_grad_(False)
+    lpips_spec = dict(method_spec.get("lpips") or {"kind": "lpips_vgg"})
+    net, _ = load_lpips(NetworkRef("lpips", "lpips", None, lpips_spec), str(dev))
+    net.requires_grad_(False)
+
+    def lpips(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return net(a, b).reshape(a.shape[0])
+
+    return dae, classifier, lpips
+
+
+def gcd_source_position(method_spec: dict[str, Any]) -> int:
+    """Position (in the experiment's image list) of GCD's source image: ``source_position`` in the method's suite
+    entry, default 0 (the experiment's first image)."""
+    return int(method_spec.get("source_position", 0))
+
+
+def gcd_direction(*, experiment: dict[str, Any], method_spec: dict[str, Any], model_specs: dict[str, dict[str, Any]],
+                  index_csv: Path, checkpoints: dict[str, Path], out_path: Path, seed: int, device: str = "auto",
+                  threads: int | None = None, precision: str = "auto") -> dict[str, Any]:
+    """GCD's direction search for an experiment: source = image :func:`gcd_source_position` of the experiment; writes
+    the chosen direction (``out_path``, :func:`cfx.methods.gcd.choose_direction`), every direction
+    (``directions.pt`` next to it) and a JSON record of the search (``search.json``)."""
+    import json
+
+    from cfx.data.celeba import CelebADataset
+    from cfx.generate import dataset_root_from_index, experiment_images
+    from cfx.methods.gcd import Scorer, save_direction, search_directions
+    from cfx.runtime.checkpoints import save_checkpoint_atomic
+    from cfx.runtime.seeding import image_generators
+
+    set_threads(threads)
+    index = pd.read_csv(index_csv, dtype={"image_id": str})
+    image_ids = experiment_images(index, experiment)
+    position = gcd_source_position(method_spec)
+    if not 0 <= position < len(image_ids):
+        raise ValueError(f"GCD source_position {position} is outside the experiment's {len(image_ids)} images")
+    dataset = CelebADataset(dataset_root_from_index(index, index_csv), split=experiment["split"],
+                            image_size=int(experiment["image_size"]), query_label=int(experiment["query_label"]),
+                            image_ids=[image_ids[position]])
+    dae, classifier, lpips = _gcd_networks(experiment, method_spec, model_specs, checkpoints, device, precision)
+    dev = next(dae.model.parameters()).device
+    image = dataset[0][1][None].to(dev)
+    # the proxy predicts every output of the classifier (upstream: all 40 CelebA logits) plus LPIPS
+    scorer = Scorer(classifier.model, lpips, (image + 1) / 2, batch_size=int(method_spec.get("batch_size", 128)))
+    generator = image_generators(seed, "gcd_direction", [str(position).zfill(7)])[0]
+    config = {k: v for k, v in method_spec.get("config", {}).items() if k != "direction"}
+    config["query_label"] = int(experiment["query_label"])
+    result = search_directions(image, dae=dae, scorer=scorer, config=config, generator=generator, log=print)
+    out_path = Path(out_path)
+    save_direction(result["chosen"], out_path)
+    save_checkpoint_atomic([d.to_dict() for d in result["directions"]], out_path.with_name("directions.pt"))
+    chosen = result["chosen"]
+    record = {"source_position": position, "source_image_id": image_ids[position],
+              "source_pred": result["source_pred"], "unet_evaluations": dae.calls,
+              "chosen": {k: v for k, v in chosen.to_dict().items() if k != "direction"},
+              "rule": "the g-direction that flips the source at the smallest line-search step (ties: later "
+                      "iteration); else any flipping direction; else the last iteration's (1, 0) g-direction",
+              "iterations": result["iterations"], "n_directions": len(result["directions"]),
+              "n_flipping": sum(d.first_flip_step is not None for d in result["directions"])}
+    tmp = out_path.with_name(".search.json.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(out_path.with_name("search.json"))
+    return record
+
+
+def gcd_bblig(*, experiment: dict[str, Any], method_spec: dict[str, Any], model_specs: dict[str, dict[str, Any]],
+              index_csv: Path, checkpoints: dict[str, Path], out_dir: Path, n_images: int = 4,
+              device: str = "auto", threads: int | None = None, precision: str = "auto") -> list[dict[str, Any]]:
+    """BB-LIG maps (``cfx.methods.gcd.bblig``) of the experiment's first ``n_images`` images along the chosen
+    direction (checkpoint ``direction``): ``{out_dir}/{stem}.npz`` + ``.png`` each, and ``summary.json``."""
+    import json
+
+    from cfx.data.celeba import CelebADataset
+    from cfx.generate import dataset_root_from_index, experiment_images
+    from cfx.methods.gcd import DEFAULTS, bblig, load_direction, save_bblig
+
+    set_threads(threads)
+    index = pd.read_csv(index_csv, dtype={"image_id": str})
+    image_ids = experiment_images(index, experiment)[:n_images]
+    dataset = CelebADataset(dataset_root_from_index(index, index_csv), split=experiment["split"],
+                            image_size=int(experiment["image_size"]), query_label=int(experiment["query_label"]),
+                            image_ids=image_ids)
+    spec = {**method_spec, "config": {**method_spec.get("config", {})}}
+    dae, classifier, _ = _gcd_networks(experiment, spec, model_specs, checkpoints, device, precision)
+    dae.batch_size = int({**DEFAULTS, **spec["config"]}["transfer_batch_size"])
+    direction = load_direction(checkpoints["direction"])
+    dev = next(dae.model.parameters()).device
+    cfg = {k: v for k, v in spec["config"].items() if k.startswith("bblig_")}
+    rows = []
+    for k in range(len(dataset)):
+        stem = str(k).zfill(7)
+        result = bblig(dataset[k][1][None].to(dev), direction, dae=dae, classifier=classifier, config=cfg)
+        npz, png = save_bblig(result, Path(out_dir) / stem, title=f"{image_ids[k]}: BB-LIG along the GCD direction")
+        rows.append({"stem": stem, "image_id": image_ids[k], "error": result["error"],
+                     "baseline_step": result["baseline_step"], "npz": str(npz), "png": str(png)})
+    (Path(out_dir) / "summary.json").write_text(json.dumps(rows, indent=1))
+    return rows

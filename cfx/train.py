@@ -128,6 +128,75 @@ def train_ddpm(data_root: Path, out_path: Path, *, model_flags: dict, diffusion_
     return log
 
 
+def train_diffae(data_root: Path, out_path: Path, *, flags: dict, steps: int, batch_size: int, lr: float,
+                 template: str | None = None, max_timestep: int | None = None, ema_decay: float | None = None,
+                 seed: int = 0, image_size: int | None = None, split: str = "train",
+                 device: str = "auto") -> dict[str, Any]:
+    """Train a DiffAE (``cfx.models.diffae``) and save it in the published Lightning layout (``state_dict`` with
+    ``model.*`` and ``ema_model.*``; the EMA copy is the trained weights when ``ema_decay`` is None).
+
+    DiffAE's objective (``diffusion/base.py:training_losses``, ``loss_type: mse``, ε-prediction): per step a batch
+    drawn uniformly with replacement, random horizontal flip, z_sem = Enc(x0) inside the graph (encoder and UNet are
+    trained together), t ~ U{0, …, max_timestep−1} of T (all when None), loss = MSE(ε_θ(x_t, t, z_sem), ε), Adam as
+    upstream's default optimiser (``optimizer: adam``, no weight decay)."""
+    from cfx.models.diffae import create_diffae, diffae_flags, lightning_checkpoint
+    from cfx.models.diffusion import get_named_beta_schedule
+
+    started = time.time()
+    torch.manual_seed(seed)
+    dev = select_device(device)
+    resolved = diffae_flags(template, **flags)
+    image_size = int(image_size or resolved["img_size"])
+    if int(resolved["img_size"]) != image_size:
+        raise ValueError(f"image_size {image_size} differs from the DiffAE flag img_size {resolved['img_size']}")
+    model = create_diffae(template, **flags).to(dev).train()
+    num_timesteps = int(resolved["T"])
+    t_max = int(max_timestep) if max_timestep else num_timesteps
+    if not 0 < t_max <= num_timesteps:
+        raise ValueError(f"max_timestep {max_timestep} is outside 1..{num_timesteps} (DiffAE T)")
+    betas = get_named_beta_schedule(str(resolved["beta_scheduler"]), num_timesteps)
+    alphas_cumprod = torch.cumprod(torch.tensor(1.0 - betas), 0).float().to(dev)
+    images, _ = load_split(Path(data_root), split, image_size)
+    if images.shape[1] != int(resolved["in_channels"]):
+        images = images.mean(1, keepdim=True) if int(resolved["in_channels"]) == 1 else images
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if ema_decay else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    loop_started = time.time()
+    bar = tqdm(range(steps), desc="train diffae", unit="step")
+    for _ in bar:
+        idx = torch.randint(len(images), (batch_size,), generator=generator)
+        x0 = _random_flip(images[idx], generator).to(dev)
+        t = torch.randint(t_max, (batch_size,), generator=generator).to(dev)
+        noise = torch.randn(x0.shape, generator=generator).to(dev)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        loss = (model(x_t, t, model.encode(x0)) - noise).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if ema is not None:
+            with torch.no_grad():
+                for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+                    p_ema.mul_(ema_decay).add_(p.detach(), alpha=1 - ema_decay)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    train_seconds = time.time() - loop_started
+    ckpt = lightning_checkpoint(model.cpu())
+    if ema is not None:
+        ckpt["state_dict"].update({f"ema_model.{k}": v for k, v in ema.cpu().state_dict().items()})
+    ckpt["global_step"] = steps
+    save_checkpoint_atomic(ckpt, out_path)
+    log = {"kind": "diffae", "steps": steps, "batch_size": batch_size, "lr": lr, "max_timestep": t_max,
+           "num_timesteps": num_timesteps, "ema_decay": ema_decay, "seed": seed, "template": template,
+           "saved": "ema_model = EMA" if ema is not None else "ema_model = model", **_loss_summary(losses),
+           "seconds": round(time.time() - started, 1), "seconds_per_step": _per_step(train_seconds, steps),
+           "threads": torch.get_num_threads(), "device": str(dev), "n_train_images": len(images)}
+    _write_log(out_path, log)
+    return log
+
+
 def pgd_l2(model: torch.nn.Module, x: torch.Tensor, attrs: torch.Tensor, *, eps: float, steps: int,
            step_size: float | None = None) -> torch.Tensor:
     """ℓ2 PGD that maximises the 40-attribute BCE of ``model`` around [−1,1] images ``x`` (no random start, as

@@ -14,14 +14,15 @@ from typing import Any
 
 import torch
 
-METHODS = {"dime": "cfx.methods.dime", "ace": "cfx.methods.ace", "svce": "cfx.methods.svce"}
+METHODS = {"dime": "cfx.methods.dime", "ace": "cfx.methods.ace", "svce": "cfx.methods.svce", "gcd": "cfx.methods.gcd"}
 # Results/<name> folder each method's generation rule writes, and the one its metrics read (ACE: the attack
 # writes pre-explanations, the ace_postprocess rule the explanations the papers evaluate).
-GENERATED_RESULTS = {"dime": "dime", "ace": "ace/pre-explanation", "svce": "svce"}
-EVALUATED_RESULTS = {"dime": "dime", "ace": "ace/explanation", "svce": "svce"}
-OUTPUT_FORMAT = {"dime": ("jpg", "dime"), "ace": ("png", "ace"), "svce": ("png", "svce")}  # extension, Info format
-# Methods that search without a generative model (the experiment's DDPM is neither an input nor loaded)
-NO_DDPM = frozenset({"svce"})
+GENERATED_RESULTS = {"dime": "dime", "ace": "ace/pre-explanation", "svce": "svce", "gcd": "gcd"}
+EVALUATED_RESULTS = {"dime": "dime", "ace": "ace/explanation", "svce": "svce", "gcd": "gcd"}
+OUTPUT_FORMAT = {"dime": ("jpg", "dime"), "ace": ("png", "ace"), "svce": ("png", "svce"),  # extension, Info format
+                 "gcd": ("png", "dime")}
+# Methods that search without the experiment's DDPM (it is neither an input nor loaded; GCD uses a DiffAE)
+NO_DDPM = frozenset({"svce", "gcd"})
 
 
 def uses_ddpm(method: str | None) -> bool:

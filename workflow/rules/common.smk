@@ -51,6 +51,8 @@ def get_final_outputs():
             outputs.append(f"results/figures/{experiment}/{method}_grid.png")
             if method == "svce":
                 outputs.append(f"results/figures/{experiment}/svce_radii.png")
+            if method == "gcd":
+                outputs.append(f"results/figures/{experiment}/gcd_bblig/summary.json")
     return sorted(set(outputs))
 
 
@@ -149,13 +151,60 @@ def generate_inputs(wildcards):
     }
     if ddpm:
         inputs["ddpm"] = f"resources/checkpoints/{ddpm}.pt"
+    if getattr(wildcards, "method", None) == "gcd":
+        inputs["diffae"] = network_checkpoint(gcd_diffae())
+        inputs["direction"] = f"results/gcd/{wildcards.experiment}/direction.pt"
     return inputs
 
 
 def generation_models(wildcards):
     """Model specs (architecture flags) of the networks a generation chunk loads."""
     names = [name for name in generation_networks(wildcards) if name]
+    if getattr(wildcards, "method", None) == "gcd":
+        names.append(gcd_diffae())
     return {name: section_entry(SUITE, "models", name) for name in names}
+
+
+def network_checkpoint(name):
+    """The checkpoint file of a models entry: a published registry file (e.g. a DiffAE .ckpt) when the suite's
+    checkpoints: registry names it, else resources/checkpoints/{name}.pt (trained here)."""
+    if name in (SUITE.get("checkpoints") or {}):
+        return f"resources/checkpoints/{checkpoint_filename(name, SUITE['checkpoints'][name])}"
+    return f"resources/checkpoints/{name}.pt"
+
+
+def gcd_diffae():
+    """The models entry of GCD's DiffAE (methods.gcd.diffae in the suite)."""
+    name = section_entry(SUITE, "methods", "gcd").get("diffae")
+    if not name:
+        raise ValueError(f"suite {SUITE['name']}: methods.gcd needs 'diffae' (the models entry of its DiffAE)")
+    section_entry(SUITE, "models", name)
+    return name
+
+
+def gcd_direction_inputs(wildcards):
+    """What GCD's direction search of an experiment reads: the index, the classifier and the DiffAE."""
+    spec = experiment_spec(wildcards)
+    return {
+        "index": f"results/data/{spec['dataset']}/index.csv",
+        "classifier": f"resources/checkpoints/{spec['classifier']}.pt",
+        "diffae": network_checkpoint(gcd_diffae()),
+    }
+
+
+def gcd_bblig_inputs(wildcards):
+    """BB-LIG reads the direction search's inputs and its chosen direction."""
+    return {**gcd_direction_inputs(wildcards), "direction": f"results/gcd/{wildcards.experiment}/direction.pt"}
+
+
+def gcd_models(wildcards):
+    """Model specs of GCD's classifier and DiffAE."""
+    names = [experiment_spec(wildcards)["classifier"], gcd_diffae()]
+    return {name: section_entry(SUITE, "models", name) for name in names}
+
+
+def gcd_spec(wildcards):
+    return section_entry(SUITE, "methods", "gcd")
 
 
 def chunk_manifests(wildcards):
