@@ -130,3 +130,17 @@ def build_layout_index(layout: str, root: Path, out_csv: Path, key: str = "") ->
         raise ValueError(f"unknown dataset layout '{layout}'; known: {', '.join(LAYOUTS)}")
     _atomic_csv(frame, Path(out_csv))
     return frame
+
+
+DOWNLOAD_HINTS = {
+    "celeba": f"CelebA (img_align_celeba + list_attr_celeba and list_eval_partition, Kaggle CSV or official TXT) "
+              f"from {CELEBA_URL}",
+    "celebahq": f"CelebAMask-HQ ({CELEBAHQ_IMAGES}/, {CELEBAHQ_ANNO}, {CELEBAHQ_MAPPING}) from {CELEBAHQ_URL} and "
+                f"CelebA's {PARTITION_CSV} from {CELEBA_URL}, all in one folder",
+    "imagenet_val": IMAGENET_URL,
+}
+
+
+def download_hint(layout: str) -> str:
+    """What to download, and from where, for a dataset in ``layout``."""
+    return DOWNLOAD_HINTS.get(layout, f"the dataset (layout {layout})")
