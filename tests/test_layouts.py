@@ -104,3 +104,14 @@ def test_imagenet_val_rejects_strays(tmp_path):
 def test_unknown_layout(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset layout"):
         build_layout_index("mnist", tmp_path, tmp_path / "index.csv")
+
+
+def test_bdd100k_indexed_sorted(tmp_path):
+    for name in ["c.jpg", "a.jpg", "b.jpg"]:
+        _image(tmp_path / "bdd" / "images" / "100k" / "val" / name, ord(name[0]))
+    build_layout_index("bdd100k", tmp_path / "bdd", tmp_path / "index.csv")
+    written = pd.read_csv(tmp_path / "index.csv")
+    assert list(written["image_id"]) == ["a.jpg", "b.jpg", "c.jpg"] and set(written["label"]) == {1}
+    with pytest.raises(DatasetLayoutError, match="images/100k/val") as error:
+        build_layout_index("bdd100k", tmp_path / "none", tmp_path / "index2.csv", key="bdd")
+    assert "bdd-data.berkeley.edu" in str(error.value) and "data_roots: {bdd:" in str(error.value)

@@ -22,9 +22,11 @@ CELEBAHQ_ANNO, CELEBAHQ_MAPPING, CELEBAHQ_IMAGES = (
 CELEBAHQ_URL = "https://github.com/switchablenorms/CelebAMask-HQ"
 CELEBA_URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 IMAGENET_URL = "https://image-net.org/download-images.php (ILSVRC2012 validation images, sorted into class folders)"
+BDD_URL = "https://bdd-data.berkeley.edu (BDD100K images, 100K split: images/100k/val)"
+BDD_VAL = "images/100k/val"
 WNID = re.compile(r"^n\d{8}$")
 VAL_NAME = re.compile(r"^ILSVRC2012_val_(\d{8})\.JPEG$")
-LAYOUTS = ("celeba", "celebahq", "imagenet_val")
+LAYOUTS = ("celeba", "celebahq", "imagenet_val", "bdd100k")
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -111,6 +113,21 @@ def read_imagenet_val(root: Path, key: str = "imagenet") -> pd.DataFrame:
     return frame
 
 
+def read_bdd100k(root: Path, key: str = "bdd100k") -> pd.DataFrame:
+    """BDD100k val as ACE's ``BDD10KCE``: every image in ``images/100k/val`` (sorted by name), label 1 for all."""
+    folder = Path(root) / BDD_VAL
+    if not folder.is_dir():
+        raise DatasetLayoutError(f"{folder} is missing: download {BDD_URL} and put the 100k images there "
+                                 f"(data_roots: {{{key}: /path/to/bdd100k}} in config.yaml)")
+    names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not names:
+        raise DatasetLayoutError(f"{folder} holds no images: download {BDD_URL}")
+    frame = pd.DataFrame({"image_id": names, "path": [str((folder / n).resolve()) for n in names]})
+    frame["partition"] = 1
+    frame["label"] = 1
+    return frame
+
+
 def build_layout_index(layout: str, root: Path, out_csv: Path, key: str = "") -> pd.DataFrame:
     """Validate ``root`` in ``layout`` (one of LAYOUTS) and write ``index.csv`` (absolute image paths)."""
     if layout == "celeba":
@@ -126,6 +143,8 @@ def build_layout_index(layout: str, root: Path, out_csv: Path, key: str = "") ->
         frame.insert(1, "path", [str(p) for p in paths])
     elif layout == "imagenet_val":
         frame = read_imagenet_val(root, key or "imagenet")
+    elif layout == "bdd100k":
+        frame = read_bdd100k(root, key or "bdd100k")
     else:
         raise ValueError(f"unknown dataset layout '{layout}'; known: {', '.join(LAYOUTS)}")
     _atomic_csv(frame, Path(out_csv))
@@ -138,6 +157,7 @@ DOWNLOAD_HINTS = {
     "celebahq": f"CelebAMask-HQ ({CELEBAHQ_IMAGES}/, {CELEBAHQ_ANNO}, {CELEBAHQ_MAPPING}) from {CELEBAHQ_URL} and "
                 f"CelebA's {PARTITION_CSV} from {CELEBA_URL}, all in one folder",
     "imagenet_val": IMAGENET_URL,
+    "bdd100k": BDD_URL,
 }
 
 
