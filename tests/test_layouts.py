@@ -115,3 +115,26 @@ def test_bdd100k_indexed_sorted(tmp_path):
     with pytest.raises(DatasetLayoutError, match="images/100k/val") as error:
         build_layout_index("bdd100k", tmp_path / "none", tmp_path / "index2.csv", key="bdd")
     assert "bdd-data.berkeley.edu" in str(error.value) and "data_roots: {bdd:" in str(error.value)
+
+
+def test_chexpert_valid_indexed(tmp_path):
+    from cfx.data.layouts import CHEXPERT_LABELS
+    root = tmp_path / "CheXpert-v1.0-small"
+    rows = []
+    for patient, study in [(64541, 1), (64542, 1)]:
+        relative = f"valid/patient{patient}/study{study}/view1_frontal.jpg"
+        _image(root / relative, patient)
+        rows.append({"Path": f"CheXpert-v1.0-small/{relative}", **{c: 1.0 for c in CHEXPERT_LABELS}})
+    rows[1]["Pleural Effusion"] = None
+    root.mkdir(exist_ok=True)
+    pd.DataFrame(rows).to_csv(root / "valid.csv", index=False)
+    build_layout_index("chexpert", root, tmp_path / "index.csv")
+    written = pd.read_csv(tmp_path / "index.csv")
+    assert list(written["image_id"]) == [f"patient{p}/study1/view1_frontal.jpg" for p in (64541, 64542)]
+    assert written["Pleural Effusion"].isna().tolist() == [False, True]
+    (root / "valid/patient64542/study1/view1_frontal.jpg").unlink()
+    with pytest.raises(DatasetLayoutError, match="patient64542"):
+        build_layout_index("chexpert", root, tmp_path / "index2.csv")
+    (root / "valid.csv").unlink()
+    with pytest.raises(DatasetLayoutError, match="valid.csv"):
+        build_layout_index("chexpert", root, tmp_path / "index2.csv")

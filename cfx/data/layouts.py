@@ -24,9 +24,15 @@ CELEBA_URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 IMAGENET_URL = "https://image-net.org/download-images.php (ILSVRC2012 validation images, sorted into class folders)"
 BDD_URL = "https://bdd-data.berkeley.edu (BDD100K images, 100K split: images/100k/val)"
 BDD_VAL = "images/100k/val"
+CHEXPERT_URL = "https://stanfordmlgroup.github.io/competitions/chexpert/ (CheXpert-v1.0 or -small: valid.csv + valid/)"
+CHEXPERT_LABELS = [
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
+    "Support Devices",
+]
 WNID = re.compile(r"^n\d{8}$")
 VAL_NAME = re.compile(r"^ILSVRC2012_val_(\d{8})\.JPEG$")
-LAYOUTS = ("celeba", "celebahq", "imagenet_val", "bdd100k")
+LAYOUTS = ("celeba", "celebahq", "imagenet_val", "bdd100k", "chexpert")
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -128,6 +134,31 @@ def read_bdd100k(root: Path, key: str = "bdd100k") -> pd.DataFrame:
     return frame
 
 
+def read_chexpert(root: Path, key: str = "chexpert") -> pd.DataFrame:
+    """CheXpert's official validation split: ``valid.csv`` (Path relative to the root's parent, e.g.
+    ``CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg``) and its 14 labels (1, 0, −1 uncertain,
+    blank = not mentioned, kept as NaN)."""
+    root = Path(root)
+    csv = root / "valid.csv"
+    if not csv.is_file():
+        raise DatasetLayoutError(f"{csv} is missing: download {CHEXPERT_URL} and unpack it there "
+                                 f"(data_roots: {{{key}: /path/to/CheXpert-v1.0-small}} in config.yaml)")
+    table = pd.read_csv(csv)
+    absent = [c for c in ["Path", *CHEXPERT_LABELS] if c not in table.columns]
+    if absent:
+        raise DatasetLayoutError(f"{csv} lacks the columns {absent}: use CheXpert's own valid.csv")
+    paths = []
+    for relative in table["Path"]:
+        parts = Path(relative).parts
+        path = root.joinpath(*parts[1:]) if len(parts) > 1 else root / relative
+        if not path.is_file():
+            raise DatasetLayoutError(f"{path} (listed in {csv}) is missing: download {CHEXPERT_URL}")
+        paths.append(str(path.resolve()))
+    frame = pd.DataFrame({"image_id": ["/".join(Path(r).parts[-3:]) for r in table["Path"]], "path": paths})
+    frame["partition"] = 1
+    return pd.concat([frame, table[CHEXPERT_LABELS].reset_index(drop=True)], axis=1)
+
+
 def build_layout_index(layout: str, root: Path, out_csv: Path, key: str = "") -> pd.DataFrame:
     """Validate ``root`` in ``layout`` (one of LAYOUTS) and write ``index.csv`` (absolute image paths)."""
     if layout == "celeba":
@@ -143,6 +174,8 @@ def build_layout_index(layout: str, root: Path, out_csv: Path, key: str = "") ->
         frame.insert(1, "path", [str(p) for p in paths])
     elif layout == "imagenet_val":
         frame = read_imagenet_val(root, key or "imagenet")
+    elif layout == "chexpert":
+        frame = read_chexpert(root, key or "chexpert")
     elif layout == "bdd100k":
         frame = read_bdd100k(root, key or "bdd100k")
     else:
@@ -158,6 +191,7 @@ DOWNLOAD_HINTS = {
                 f"CelebA's {PARTITION_CSV} from {CELEBA_URL}, all in one folder",
     "imagenet_val": IMAGENET_URL,
     "bdd100k": BDD_URL,
+    "chexpert": CHEXPERT_URL,
 }
 
 
