@@ -24,6 +24,8 @@ rule index_dataset:
         index="results/data/{dataset}/index.csv",
     params:
         root=dataset_root,
+        layout=dataset_layout,
+        key=lambda wildcards: wildcards.dataset,
     log:
         "logs/data/index_{dataset}.log",
     conda:

@@ -2,7 +2,8 @@
 import sys
 from pathlib import Path
 
-from cfx.data.celeba import build_index
+from cfx.data.layouts import build_layout_index
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
-build_index(Path(snakemake.params.root), Path(snakemake.output.index))
+build_layout_index(snakemake.params.layout, Path(snakemake.params.root), Path(snakemake.output.index),
+                   key=snakemake.params.key)

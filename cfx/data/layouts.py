@@ -1,0 +1,200 @@
+"""Real dataset layouts of the paper suite besides CelebA: validation and the index every later rule reads.
+
+CelebA-HQ follows ACE's ``CelebAHQDataset`` (reference/dime_ace.md §3.3): ``CelebAMask-HQ-attribute-anno.txt``
+(count line, 40 attribute names, ``<n>.jpg`` + 40 values ±1), ``CelebA-HQ-to-CelebA-mapping.txt``
+(``idx orig_idx orig_file``), CelebA's ``list_eval_partition.csv`` merged through ``orig_file``, images
+``CelebA-HQ-img/<n>.jpg``. ImageNet val is the ImageFolder layout (``<wnid>/ILSVRC2012_val_<8 digits>.JPEG``,
+reference/ldce_gcd_svce.md §1.8), indexed in the standard 50 000-image order (by val number), label = sorted wnid index.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from cfx.data.celeba import CELEBA_ATTRIBUTES, PARTITION_CSV, _atomic_csv
+from cfx.data.celeba import build_index as build_celeba_index
+
+CELEBAHQ_ANNO, CELEBAHQ_MAPPING, CELEBAHQ_IMAGES = (
+    "CelebAMask-HQ-attribute-anno.txt", "CelebA-HQ-to-CelebA-mapping.txt", "CelebA-HQ-img")
+CELEBAHQ_URL = "https://github.com/switchablenorms/CelebAMask-HQ"
+CELEBA_URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
+IMAGENET_URL = "https://image-net.org/download-images.php (ILSVRC2012 validation images, sorted into class folders)"
+BDD_URL = "https://bdd-data.berkeley.edu (BDD100K images, 100K split: images/100k/val)"
+BDD_VAL = "images/100k/val"
+CHEXPERT_URL = "https://stanfordmlgroup.github.io/competitions/chexpert/ (CheXpert-v1.0 or -small: valid.csv + valid/)"
+CHEXPERT_LABELS = [
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
+    "Support Devices",
+]
+WNID = re.compile(r"^n\d{8}$")
+VAL_NAME = re.compile(r"^ILSVRC2012_val_(\d{8})\.JPEG$")
+LAYOUTS = ("celeba", "celebahq", "imagenet_val", "bdd100k", "chexpert")
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """A dataset root is missing a file or has one in the wrong format; the message says what to download."""
+
+
+def _missing(path: Path, what: str, url: str, key: str) -> DatasetLayoutError:
+    return DatasetLayoutError(f"{path} is missing: download {what} from {url} and put it there (the folder is "
+                              f"data_roots: {{{key}: {path.parent}}} in config.yaml)")
+
+
+def read_celebahq(root: Path, key: str = "celebahq") -> pd.DataFrame:
+    """One row per CelebA-HQ image in annotation order: image_id (``<n>.jpg``), partition (CelebA's), identity −1,
+    the 40 attributes (±1)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetLayoutError(f"CelebA-HQ root {root} does not exist: download CelebAMask-HQ from {CELEBAHQ_URL} "
+                                 f"(and CelebA's {PARTITION_CSV} from {CELEBA_URL}) and set data_roots: "
+                                 f"{{{key}: /path/to/it}} in config.yaml")
+    for name, what, url in ((CELEBAHQ_ANNO, "CelebAMask-HQ's attribute annotations", CELEBAHQ_URL),
+                            (CELEBAHQ_MAPPING, "CelebAMask-HQ's CelebA-HQ-to-CelebA mapping", CELEBAHQ_URL),
+                            (PARTITION_CSV, "CelebA's partition file (Kaggle CSV, or convert the official TXT "
+                                            "with `cfx data convert-celeba`)", CELEBA_URL)):
+        if not (root / name).is_file():
+            raise _missing(root / name, what, url, key)
+    if not (root / CELEBAHQ_IMAGES).is_dir():
+        raise _missing(root / CELEBAHQ_IMAGES, "CelebAMask-HQ's images", CELEBAHQ_URL, key)
+    lines = (root / CELEBAHQ_ANNO).read_text().splitlines()
+    if len(lines) < 2 or lines[1].split() != CELEBA_ATTRIBUTES:
+        raise DatasetLayoutError(f"{root / CELEBAHQ_ANNO}: line 2 must be the 40 CelebA attribute names")
+    rows = [line.split() for line in lines[2:] if line.strip()]
+    if any(len(row) != 41 for row in rows):
+        raise DatasetLayoutError(f"{root / CELEBAHQ_ANNO}: every row must be an image name and 40 values")
+    attrs = pd.DataFrame(rows, columns=["image_id", *CELEBA_ATTRIBUTES])
+    attrs[CELEBA_ATTRIBUTES] = attrs[CELEBA_ATTRIBUTES].astype(int)
+    if not attrs[CELEBA_ATTRIBUTES].isin([-1, 1]).all().all():
+        raise DatasetLayoutError(f"{root / CELEBAHQ_ANNO} holds values other than -1/1")
+    mapping = pd.read_csv(root / CELEBAHQ_MAPPING, sep=r"\s+", dtype={"orig_file": str})
+    if not {"idx", "orig_file"} <= set(mapping.columns):
+        raise DatasetLayoutError(f"{root / CELEBAHQ_MAPPING} must have the columns idx, orig_idx, orig_file")
+    parts = pd.read_csv(root / PARTITION_CSV, dtype={"image_id": str})
+    if list(parts.columns) != ["image_id", "partition"]:
+        raise DatasetLayoutError(f"{root / PARTITION_CSV} must have the columns image_id,partition")
+    by_file = dict(zip(parts["image_id"], parts["partition"].astype(int), strict=True))
+    by_idx = {f"{idx}.jpg": by_file.get(orig) for idx, orig in zip(mapping["idx"], mapping["orig_file"], strict=True)}
+    partition = attrs["image_id"].map(by_idx)
+    if partition.isna().any():
+        lost = list(attrs["image_id"][partition.isna()][:3])
+        raise DatasetLayoutError(f"no CelebA partition for CelebA-HQ images {lost} through {root / CELEBAHQ_MAPPING} "
+                                 f"and {root / PARTITION_CSV}: use the full CelebA partition file")
+    frame = attrs[["image_id"]].copy()
+    frame["partition"] = partition.astype(int).values
+    frame["identity"] = -1
+    return pd.concat([frame, attrs[CELEBA_ATTRIBUTES]], axis=1)
+
+
+def read_imagenet_val(root: Path, key: str = "imagenet") -> pd.DataFrame:
+    """ImageNet val in class folders, in the standard order (val number 1..50 000): image_id, path, partition 1,
+    wnid, label (index of the wnid among the sorted class folders, torchvision ImageFolder)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetLayoutError(f"ImageNet val root {root} does not exist: download {IMAGENET_URL} and set "
+                                 f"data_roots: {{{key}: /path/to/val}} in config.yaml")
+    wnids = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not wnids:
+        raise DatasetLayoutError(f"{root} has no class folders: ImageNet val must be sorted into <wnid>/ folders "
+                                 f"({IMAGENET_URL})")
+    strays = [w for w in wnids if not WNID.match(w)]
+    if strays:
+        raise DatasetLayoutError(f"{root}: folders {strays[:3]} are not ImageNet wnids (n########)")
+    rows = []
+    for label, wnid in enumerate(wnids):
+        for path in (root / wnid).iterdir():
+            match = VAL_NAME.match(path.name)
+            if not match:
+                raise DatasetLayoutError(f"{path} is not an ILSVRC2012 val image (ILSVRC2012_val_########.JPEG)")
+            rows.append((int(match.group(1)), path.name, str(path.resolve()), wnid, label))
+    numbers = [row[0] for row in rows]
+    if len(set(numbers)) != len(numbers):
+        raise DatasetLayoutError(f"{root}: a val image is in two class folders")
+    rows.sort()
+    frame = pd.DataFrame([row[1:] for row in rows], columns=["image_id", "path", "wnid", "label"])
+    frame.insert(2, "partition", 1)
+    return frame
+
+
+def read_bdd100k(root: Path, key: str = "bdd100k") -> pd.DataFrame:
+    """BDD100k val as ACE's ``BDD10KCE``: every image in ``images/100k/val`` (sorted by name), label 1 for all."""
+    folder = Path(root) / BDD_VAL
+    if not folder.is_dir():
+        raise DatasetLayoutError(f"{folder} is missing: download {BDD_URL} and put the 100k images there "
+                                 f"(data_roots: {{{key}: /path/to/bdd100k}} in config.yaml)")
+    names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not names:
+        raise DatasetLayoutError(f"{folder} holds no images: download {BDD_URL}")
+    frame = pd.DataFrame({"image_id": names, "path": [str((folder / n).resolve()) for n in names]})
+    frame["partition"] = 1
+    frame["label"] = 1
+    return frame
+
+
+def read_chexpert(root: Path, key: str = "chexpert") -> pd.DataFrame:
+    """CheXpert's official validation split: ``valid.csv`` (Path relative to the root's parent, e.g.
+    ``CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg``) and its 14 labels (1, 0, −1 uncertain,
+    blank = not mentioned, kept as NaN)."""
+    root = Path(root)
+    csv = root / "valid.csv"
+    if not csv.is_file():
+        raise DatasetLayoutError(f"{csv} is missing: download {CHEXPERT_URL} and unpack it there "
+                                 f"(data_roots: {{{key}: /path/to/CheXpert-v1.0-small}} in config.yaml)")
+    table = pd.read_csv(csv)
+    absent = [c for c in ["Path", *CHEXPERT_LABELS] if c not in table.columns]
+    if absent:
+        raise DatasetLayoutError(f"{csv} lacks the columns {absent}: use CheXpert's own valid.csv")
+    paths = []
+    for relative in table["Path"]:
+        parts = Path(relative).parts
+        path = root.joinpath(*parts[1:]) if len(parts) > 1 else root / relative
+        if not path.is_file():
+            raise DatasetLayoutError(f"{path} (listed in {csv}) is missing: download {CHEXPERT_URL}")
+        paths.append(str(path.resolve()))
+    frame = pd.DataFrame({"image_id": ["/".join(Path(r).parts[-3:]) for r in table["Path"]], "path": paths})
+    frame["partition"] = 1
+    return pd.concat([frame, table[CHEXPERT_LABELS].reset_index(drop=True)], axis=1)
+
+
+def build_layout_index(layout: str, root: Path, out_csv: Path, key: str = "") -> pd.DataFrame:
+    """Validate ``root`` in ``layout`` (one of LAYOUTS) and write ``index.csv`` (absolute image paths)."""
+    if layout == "celeba":
+        return build_celeba_index(root, out_csv)
+    root = Path(root).resolve() if Path(root).exists() else Path(root)
+    if layout == "celebahq":
+        frame = read_celebahq(root, key or "celebahq")
+        paths = [root / CELEBAHQ_IMAGES / image_id for image_id in frame["image_id"]]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise DatasetLayoutError(f"{len(missing)} images listed in {root / CELEBAHQ_ANNO} are missing, e.g. "
+                                     f"{missing[:3]}: download CelebAMask-HQ from {CELEBAHQ_URL}")
+        frame.insert(1, "path", [str(p) for p in paths])
+    elif layout == "imagenet_val":
+        frame = read_imagenet_val(root, key or "imagenet")
+    elif layout == "chexpert":
+        frame = read_chexpert(root, key or "chexpert")
+    elif layout == "bdd100k":
+        frame = read_bdd100k(root, key or "bdd100k")
+    else:
+        raise ValueError(f"unknown dataset layout '{layout}'; known: {', '.join(LAYOUTS)}")
+    _atomic_csv(frame, Path(out_csv))
+    return frame
+
+
+DOWNLOAD_HINTS = {
+    "celeba": f"CelebA (img_align_celeba + list_attr_celeba and list_eval_partition, Kaggle CSV or official TXT) "
+              f"from {CELEBA_URL}",
+    "celebahq": f"CelebAMask-HQ ({CELEBAHQ_IMAGES}/, {CELEBAHQ_ANNO}, {CELEBAHQ_MAPPING}) from {CELEBAHQ_URL} and "
+                f"CelebA's {PARTITION_CSV} from {CELEBA_URL}, all in one folder",
+    "imagenet_val": IMAGENET_URL,
+    "bdd100k": BDD_URL,
+    "chexpert": CHEXPERT_URL,
+}
+
+
+def download_hint(layout: str) -> str:
+    """What to download, and from where, for a dataset in ``layout``."""
+    return DOWNLOAD_HINTS.get(layout, f"the dataset (layout {layout})")
