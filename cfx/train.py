@@ -40,6 +40,13 @@ def load_split(data_root: Path, split: str, image_size: int) -> tuple[torch.Tens
     return torch.stack([x for _, x, _ in items]), torch.stack([y for _, _, y in items])
 
 
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·model, parameter by parameter (guided-diffusion ``update_ema``)."""
+    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+        p_ema.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
 def _random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     flip = torch.rand(x.shape[0], generator=generator) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
@@ -111,9 +118,7 @@ def train_ddpm(data_root: Path, out_path: Path, *, model_flags: dict, diffusion_
         loss.backward()
         optimizer.step()
         if ema is not None:
-            with torch.no_grad():
-                for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
-                    p_ema.mul_(ema_decay).add_(p.detach(), alpha=1 - ema_decay)
+            _ema_update(ema, model, ema_decay)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     train_seconds = time.time() - loop_started
@@ -177,9 +182,7 @@ def train_diffae(data_root: Path, out_path: Path, *, flags: dict, steps: int, ba
         loss.backward()
         optimizer.step()
         if ema is not None:
-            with torch.no_grad():
-                for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
-                    p_ema.mul_(ema_decay).add_(p.detach(), alpha=1 - ema_decay)
+            _ema_update(ema, model, ema_decay)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     train_seconds = time.time() - loop_started
