@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from cfx.data.celeba import CelebADataset
+from cfx.io.images import save_image_atomic
 from cfx.io.tree import OutputTree, read_info, write_dime_summary
 from cfx.methods import GENERATED_RESULTS, OUTPUT_FORMAT, get_method, uses_ddpm
 from cfx.runtime.device import select_device, set_threads
@@ -69,6 +70,7 @@ def load_generation_models(
     device: torch.device,
     method: str | None = None,
     precision: str = "auto",
+    compile_unet: bool = False,
 ) -> dict[str, Any]:
     """Build the networks a method needs from their suite entries and checkpoints (strict loading). The
     classifier is the method's own (``classifier`` in its suite entry: SVCE's robust network) or the
@@ -90,6 +92,8 @@ def load_generation_models(
         ddpm_spec = model_specs[experiment["ddpm"]]
         unet = load_adm_checkpoint(checkpoints["ddpm"], **ddpm_spec["flags"]).to(device).eval()
         apply_precision(unet, resolve_precision(precision, device))
+        if compile_unet:
+            unet = torch.compile(unet)
         diffusion_flags = dict(ddpm_spec.get("diffusion", {}))
         diffusion_flags["timestep_respacing"] = str(method_spec.get("timestep_respacing", ""))
         models["unet"] = unet
@@ -106,6 +110,13 @@ def load_generation_models(
                                   batch_size=int(cfg["transfer_batch_size"]),
                                   autocast=resolve_precision(precision, device) == "fp16")
         models["direction"] = load_direction(checkpoints["direction"])
+    if method == "ldce":
+        from cfx.models.ldm import load_ldm_checkpoint
+
+        ldm_spec = model_specs[method_spec["ldm"]]
+        # fp32 as upstream's sampler (no autocast in cc_ddim.py)
+        models["ldm"] = load_ldm_checkpoint(checkpoints["ldm"], ldm_spec["config"]).to(device).eval()
+        models["conditioning"] = ldce_conditioning(method_spec, int(experiment["query_label"]))
     if float(method_spec.get("config", {}).get("l_perc", 0.0)) > 0:
         from cfx.models.perceptual import load_vgg19_perceptual
 
@@ -117,9 +128,34 @@ def load_generation_models(
     return models
 
 
+def ldce_conditioning(method_spec: dict[str, Any], query_label: int) -> list | None:
+    """What LDCE's LDM is conditioned on per target (``cfx.methods.ldce.conditioning_inputs``): None (the target
+    itself is the class label, cin256-v2 on ImageNet) or the suite entry's ``conditioning[query_label]`` — one class
+    label or prompt per target (index 0: the attribute absent, 1: present)."""
+    table = method_spec.get("conditioning")
+    if table is None:
+        return None
+    entry = table.get(query_label, table.get(str(query_label)))
+    if entry is None:
+        raise KeyError(f"methods.ldce.conditioning has no entry for query label {query_label} "
+                       f"(has {sorted(table)}); add one: [class or prompt of target 0, of target 1]")
+    return list(entry)
+
+
 def method_classifier(method_spec: dict[str, Any], experiment: dict[str, Any]) -> str:
     """Name of the classifier a method explains: its suite entry's ``classifier`` or the experiment's."""
     return method_spec.get("classifier") or experiment["classifier"]
+
+
+def save_intermediate(tree: OutputTree, stem: str, frames: torch.Tensor, columns: int = 10) -> Path:
+    """A strip of up to ``columns`` evenly spaced per-step x̂0 frames (uint8 T×C×H×W, first to last) as
+    ``Results/<method>/Intermediate/<stem>.png`` (LDCE ``record_intermediate``; upstream keeps every frame in the
+    ``.pth``)."""
+    picks = torch.linspace(0, frames.shape[0] - 1, min(columns, frames.shape[0])).round().long()
+    strip = torch.cat(list(frames[picks]), dim=2)
+    path = tree.results_dir / "Intermediate" / f"{stem}.png"
+    save_image_atomic(strip, path)
+    return path
 
 
 def divided_batch_size(batch_size: int, batch_divisor: int) -> int:
@@ -154,11 +190,13 @@ def generate_chunk(
     progress: bool = True,
     precision: str = "auto",
     batch_divisor: int = 1,
+    compile_unet: bool = False,
 ) -> dict[str, Any]:
     """Generate the counterfactuals of one chunk into the upstream tree and write the chunk manifest.
 
     The method's ``batch_size`` is divided by ``batch_divisor`` (at least 1 image per batch): the workflow passes
-    2^(attempt−1) so that a retry after a CUDA out-of-memory error runs with half the batch."""
+    2^(attempt−1) so that a retry after a CUDA out-of-memory error runs with half the batch. ``compile_unet`` wraps
+    the diffusion UNet in ``torch.compile`` (config ``compile``)."""
     set_threads(threads)
     started = time.time()
     index = pd.read_csv(index_csv, dtype={"image_id": str})
@@ -193,6 +231,7 @@ def generate_chunk(
             device=torch_device,
             method=method,
             precision=precision,
+            compile_unet=compile_unet,
         )
         dataset = CelebADataset(
             dataset_root_from_index(index, index_csv),
@@ -239,6 +278,8 @@ def generate_chunk(
                     cf_pred=int(output.cf_preds[k]),
                     info=output.info[k],
                 )
+                if "intermediate" in output.info[k]:
+                    save_intermediate(tree, stem, output.info[k]["intermediate"])
             bar.update(len(stems))
         bar.close()
 

@@ -154,3 +154,109 @@ def test_guided_ddim_step_tiny_models_deterministic():
     (z_a, step_a), (z_b, step_b) = outs
     assert torch.equal(step_a, step_b)
     assert not torch.allclose(step_a, z_a) and torch.isfinite(step_a).all()
+
+
+class _FakeLDM(torch.nn.Module):
+    """The ``cfx.models.ldm.LatentDiffusion`` interface LDCE uses, around the tiny UNet and decoder above (class 2
+    is the null class); ``tests/test_ldce_pipeline.py`` runs the real tiny LDM."""
+
+    num_timesteps, linear_start, linear_end = 1000, 0.0015, 0.0195
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unet = _TinyUNet()
+        self.decoder = torch.nn.ConvTranspose2d(4, 3, 2, stride=2)
+        self.encoder = torch.nn.Conv2d(3, 4, 2, stride=2)
+
+    def encode_first_stage(self, x, generator=None):
+        return self.encoder(x)
+
+    def decode_first_stage(self, z):
+        return self.decoder(z)
+
+    def get_learned_conditioning(self, c):
+        return c
+
+    def unconditional_conditioning(self, batch):
+        return torch.full((batch,), 2, dtype=torch.long)
+
+    def apply_model(self, x, t, cond):
+        return self.unet(x, t, cond)
+
+
+def _tiny_setup():
+    torch.manual_seed(0)
+    ldm = _FakeLDM().requires_grad_(False)
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2)).requires_grad_(False)
+    return ldm, classifier
+
+
+def test_guided_eps_composes_the_upstream_step():
+    from cfx.methods.ldce import DEFAULTS, guided_eps
+
+    ldm, classifier = _tiny_setup()
+    schedule = LDMDDIMSchedule.from_config(ddim_steps=50)
+    x_init, target = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
+    z = schedule.stochastic_encode(torch.randn(2, 4, 4, 4), 10, generator=torch.Generator().manual_seed(5))
+    cfg = {**DEFAULTS, "deg_cone_projection": 45.0, "classifier_lambda": 1.0, "dist_lambda": 1.0}
+    eps, prob, x0 = guided_eps(ldm, classifier, z, 9, schedule, target, torch.full_like(target, 2), target,
+                               x_init, cfg)
+    expected_next = _guided_step(z, schedule, 9, ldm.unet, ldm.decoder, classifier, x_init, target)
+    assert torch.allclose(schedule.step(z, eps, 9), expected_next, atol=1e-5)
+    assert prob.shape == (2,) and ((prob > 0) & (prob < 1)).all() and x0.shape == (2, 3, 8, 8)
+    # no classifier and no distance: ε̂ = ε_u; free guidance: classifier-free ε_u + s·(ε_c − ε_u)
+    t = torch.full((4,), int(schedule.timesteps[9]))
+    eps_u, eps_c = ldm.unet(torch.cat([z, z]), t, torch.tensor([2, 2, 0, 1])).chunk(2)
+    plain, none_prob, _ = guided_eps(ldm, classifier, z, 9, schedule, target, torch.full_like(target, 2), target,
+                                     x_init, {**cfg, "classifier_lambda": 0.0, "lp_custom": 0})
+    assert torch.allclose(plain, eps_u) and none_prob is None
+    free, _, _ = guided_eps(ldm, classifier, z, 9, schedule, target, torch.full_like(target, 2), target, x_init,
+                            {**cfg, "guidance": "free"})
+    assert torch.allclose(free, eps_u + 3.0 * (eps_c - eps_u), atol=1e-6)
+    # with θ = 180° nothing is filtered and both scores carry λ·‖Δ‖ per sample
+    only_cls, _, _ = guided_eps(ldm, classifier, z, 9, schedule, target, torch.full_like(target, 2), target,
+                                x_init, {**cfg, "deg_cone_projection": 180.0, "lp_custom": 0, "scale": 1.0})
+    assert torch.allclose((only_cls - eps_u).flatten(1).norm(dim=1), (eps_c - eps_u).flatten(1).norm(dim=1),
+                          rtol=1e-4)
+
+
+def test_generate_is_per_image_deterministic_and_fills_the_output():
+    from cfx.methods.ldce import generate
+
+    ldm, classifier = _tiny_setup()
+    images = torch.rand(3, 3, 8, 8) * 2 - 1
+    models = {"ldm": ldm, "classifier": classifier}
+    config = {"ddim_steps": 50, "strength": 0.1, "deg_cone_projection": 60.0}
+    targets = torch.tensor([1, 0, 1])
+
+    def gens(seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    out = generate(images, torch.zeros(3), models=models, config=config, generators=gens([1, 2, 3]), targets=targets)
+    assert out.counterfactuals.shape == images.shape and out.noise.shape == images.shape
+    assert out.counterfactuals.min() >= -1 and out.counterfactuals.max() <= 1
+    assert torch.equal(out.targets, targets)
+    assert {"in_confid", "out_confid", "in_tgt_confid", "out_tgt_confid", "target_confidence", "t_enc",
+            "strength", "flipped"} <= set(out.info[0]) and out.info[0]["t_enc"] == 5
+    # an image's counterfactual depends on its own generator only, not on the batch it is in
+    alone = generate(images[1:2], torch.zeros(1), models=models, config=config, generators=gens([2]),
+                     targets=targets[1:2])
+    assert torch.allclose(alone.counterfactuals[0], out.counterfactuals[1], atol=1e-5)
+    # the last partial batch of a run is no special case (upstream P-L4); frames only when asked (P-L3)
+    recorded = generate(images[:1], torch.zeros(1), models=models, config={**config, "record_intermediate": True},
+                        generators=gens([1]), targets=targets[:1])
+    assert recorded.info[0]["intermediate"].shape == (5, 3, 8, 8) and "intermediate" not in out.info[0]
+    with pytest.raises(ValueError, match="explicit targets"):
+        generate(images, torch.zeros(3), models=models, config=config, generators=gens([1, 2, 3]))
+    with pytest.raises(KeyError, match="bogus"):
+        generate(images, torch.zeros(3), models=models, config={"bogus": 1}, generators=gens([1, 2, 3]))
+
+
+def test_conditioning_inputs():
+    from cfx.methods.ldce import conditioning_inputs
+
+    targets = torch.tensor([1, 0])
+    assert torch.equal(conditioning_inputs(targets, None), targets)
+    assert torch.equal(conditioning_inputs(targets, [2, 3]), torch.tensor([3, 2]))
+    prompts = ["a photo of a non-smiling person", "a photo of a smiling person"]
+    assert conditioning_inputs(targets, prompts) == prompts[::-1]

@@ -14,15 +14,17 @@ from typing import Any
 
 import torch
 
-METHODS = {"dime": "cfx.methods.dime", "ace": "cfx.methods.ace", "svce": "cfx.methods.svce", "gcd": "cfx.methods.gcd"}
+METHODS = {"dime": "cfx.methods.dime", "ace": "cfx.methods.ace", "svce": "cfx.methods.svce", "gcd": "cfx.methods.gcd",
+           "ldce": "cfx.methods.ldce"}
 # Results/<name> folder each method's generation rule writes, and the one its metrics read (ACE: the attack
 # writes pre-explanations, the ace_postprocess rule the explanations the papers evaluate).
-GENERATED_RESULTS = {"dime": "dime", "ace": "ace/pre-explanation", "svce": "svce", "gcd": "gcd"}
-EVALUATED_RESULTS = {"dime": "dime", "ace": "ace/explanation", "svce": "svce", "gcd": "gcd"}
+GENERATED_RESULTS = {"dime": "dime", "ace": "ace/pre-explanation", "svce": "svce", "gcd": "gcd", "ldce": "ldce"}
+EVALUATED_RESULTS = {"dime": "dime", "ace": "ace/explanation", "svce": "svce", "gcd": "gcd", "ldce": "ldce"}
 OUTPUT_FORMAT = {"dime": ("jpg", "dime"), "ace": ("png", "ace"), "svce": ("png", "svce"),  # extension, Info format
-                 "gcd": ("png", "dime")}
-# Methods that search without the experiment's DDPM (it is neither an input nor loaded; GCD uses a DiffAE)
-NO_DDPM = frozenset({"svce", "gcd"})
+                 "gcd": ("png", "dime"), "ldce": ("png", "dime")}
+# Methods that search without the experiment's DDPM (it is neither an input nor loaded; GCD uses a DiffAE, LDCE
+# its latent diffusion model)
+NO_DDPM = frozenset({"svce", "gcd", "ldce"})
 
 
 def uses_ddpm(method: str | None) -> bool:

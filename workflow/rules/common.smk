@@ -161,6 +161,8 @@ def generate_inputs(wildcards):
     if getattr(wildcards, "method", None) == "gcd":
         inputs["diffae"] = network_checkpoint(gcd_diffae())
         inputs["direction"] = f"results/gcd/{wildcards.experiment}/direction.pt"
+    if getattr(wildcards, "method", None) == "ldce":
+        inputs["ldm"] = network_checkpoint(ldce_ldm())
     return inputs
 
 
@@ -169,6 +171,8 @@ def generation_models(wildcards):
     names = [name for name in generation_networks(wildcards) if name]
     if getattr(wildcards, "method", None) == "gcd":
         names.append(gcd_diffae())
+    if getattr(wildcards, "method", None) == "ldce":
+        names.append(ldce_ldm())
     return {name: section_entry(SUITE, "models", name) for name in names}
 
 
@@ -178,6 +182,14 @@ def network_checkpoint(name):
     if name in (SUITE.get("checkpoints") or {}):
         return f"resources/checkpoints/{checkpoint_filename(name, SUITE['checkpoints'][name])}"
     return f"resources/checkpoints/{name}.pt"
+
+
+def ldce_ldm():
+    """The models entry of LDCE's latent diffusion model (methods.ldce.ldm in the suite)."""
+    name = section_entry(SUITE, "methods", "ldce").get("ldm")
+    if not name:
+        raise ValueError(f"suite {SUITE['name']}: methods.ldce needs 'ldm' (the models entry of its LDM)")
+    return name
 
 
 def gcd_diffae():

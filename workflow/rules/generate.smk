@@ -16,6 +16,7 @@ rule generate:
         seed=experiment_seed,
         device=config["device"],
         precision=config["precision"],
+        compile=config["compile"],
     resources:
         gpu=1,
         batch_divisor=lambda wildcards, attempt: 2 ** (attempt - 1),
@@ -40,6 +41,7 @@ rule ace_postprocess:
         seed=experiment_seed,
         device=config["device"],
         precision=config["precision"],
+        compile=config["compile"],
     resources:
         gpu=1,
         batch_divisor=lambda wildcards, attempt: 2 ** (attempt - 1),

@@ -13,7 +13,8 @@ generate_chunk(
     index_csv=Path(snakemake.input.index),
     checkpoints={"classifier": Path(snakemake.input.classifier), "ddpm": Path(snakemake.input.get("ddpm", "")),
                  "diffae": Path(snakemake.input.get("diffae", "")),
-                 "direction": Path(snakemake.input.get("direction", ""))},
+                 "direction": Path(snakemake.input.get("direction", "")),
+                 "ldm": Path(snakemake.input.get("ldm", ""))},
     chunk=int(snakemake.wildcards.chunk),
     chunks=int(snakemake.wildcards.chunks),
     seed=snakemake.params.seed,
@@ -22,5 +23,6 @@ generate_chunk(
     device=snakemake.params.device,
     threads=snakemake.threads,
     precision=snakemake.params.precision,
+    compile_unet=snakemake.params.compile,
     batch_divisor=snakemake.resources.batch_divisor,
 )
