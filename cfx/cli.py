@@ -107,11 +107,13 @@ def train(suite: str, scale: str, model: str, index_csv: Path, out: Path, device
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
               help="UNet precision: auto = fp16 on CUDA (upstream use_fp16), fp32 on CPU.")
 @click.option("--batch-divisor", default=1, show_default=True, help="Divide the method's batch size (OOM retries).")
+@click.option("--compile", "compile_unet", is_flag=True, help="torch.compile the diffusion UNet (worth it on CUDA).")
+@click.option("--ldm", type=click.Path(path_type=Path), help="LDCE: LDM checkpoint (default CHECKPOINTS/NAME.pt).")
 @click.option("--diffae", type=click.Path(path_type=Path), help="GCD: DiffAE checkpoint (default CHECKPOINTS/NAME.pt).")
 @click.option("--direction", type=click.Path(path_type=Path),
               help="GCD: direction file (default results/gcd/EXPERIMENT/direction.pt).")
 def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, checkpoint_dir, tree, manifest,
-             device, precision, batch_divisor, diffae, direction) -> None:
+             device, precision, batch_divisor, compile_unet, ldm, diffae, direction) -> None:
     """Generate the counterfactuals of one chunk of one (experiment, method)."""
     from cfx.generate import generate_chunk, method_classifier
     from cfx.methods import uses_ddpm
@@ -129,12 +131,16 @@ def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, c
         names.append(dae_name)
         checkpoints["diffae"] = diffae or checkpoint_dir / f"{dae_name}.pt"
         checkpoints["direction"] = direction or Path("results/gcd") / experiment / "direction.pt"
+    if method == "ldce":
+        ldm_name = section_entry(spec, "methods", "ldce")["ldm"]
+        names.append(ldm_name)
+        checkpoints["ldm"] = ldm or checkpoint_dir / f"{ldm_name}.pt"
     manifest = manifest or tree / "chunks" / method / f"{chunk}-of-{chunks}.json"
     result = generate_chunk(
         experiment=exp, method=method, method_spec=section_entry(spec, "methods", method),
         model_specs={n: section_entry(spec, "models", n) for n in names}, index_csv=index_csv,
         checkpoints=checkpoints, chunk=chunk, chunks=chunks, seed=seed, tree_root=tree, manifest_path=manifest,
-        device=device, precision=precision, batch_divisor=batch_divisor,
+        device=device, precision=precision, batch_divisor=batch_divisor, compile_unet=compile_unet,
     )
     click.echo(f"{result['n']} images, {result['flipped']} flipped; manifest {manifest}")
 

@@ -51,9 +51,10 @@ def postprocess_chunk(
     progress: bool = True,
     precision: str = "auto",
     batch_divisor: int = 1,
+    compile_unet: bool = False,
 ) -> dict[str, Any]:
     """Write ``Results/ace/explanation`` for the stems of one attack chunk and the chunk's manifest (UNet
-    ``precision`` and ``batch_divisor`` as :func:`cfx.generate.generate_chunk`)."""
+    ``precision``, ``batch_divisor`` and ``compile_unet`` as :func:`cfx.generate.generate_chunk`)."""
     set_threads(threads)
     started = time.time()
     pre = json.loads(Path(pre_manifest).read_text())
@@ -72,7 +73,8 @@ def postprocess_chunk(
     if todo:
         torch_device = select_device(device)
         models = load_generation_models(method_spec=method_spec, experiment=experiment, model_specs=model_specs,
-                                        checkpoints=checkpoints, device=torch_device, precision=precision)
+                                        checkpoints=checkpoints, device=torch_device, precision=precision,
+                                        compile_unet=compile_unet)
         batch_size = divided_batch_size(int(method_spec.get("batch_size", 16)), batch_divisor)
         bar = tqdm(total=len(todo), desc="ACE post-processing", unit="img", disable=not progress)
         for start in range(0, len(todo), batch_size):

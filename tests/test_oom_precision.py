@@ -111,6 +111,23 @@ def test_generation_models_follow_the_precision_setting(setup):
     assert load_generation_models(**spec, precision="bf16")["unet"].dtype == torch.bfloat16
 
 
+def test_compile_setting_wraps_the_unet_in_torch_compile(setup, monkeypatch):
+    compiled = []
+
+    def fake_compile(module):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    kwargs = _kwargs(setup, setup / "unused")
+    spec = dict(method_spec=kwargs["method_spec"], experiment=kwargs["experiment"], model_specs=kwargs["model_specs"],
+                checkpoints=kwargs["checkpoints"], device=torch.device("cpu"))
+    models = load_generation_models(**spec)
+    assert compiled == []
+    assert load_generation_models(**spec, compile_unet=True)["unet"] is compiled[0]
+    assert type(compiled[0]) is type(models["unet"])
+
+
 SITECUSTOMIZE = """
 import os
 import sys

@@ -17,5 +17,6 @@ postprocess_chunk(
     device=snakemake.params.device,
     threads=snakemake.threads,
     precision=snakemake.params.precision,
+    compile_unet=snakemake.params.compile,
     batch_divisor=snakemake.resources.batch_divisor,
 )
