@@ -41,6 +41,10 @@ def train_from_spec(
             data_root, out_path, flags=spec.get("flags", {}), template=spec.get("template"),
             image_size=int(spec["image_size"]), device=device, **options,
         )
+    if kind == "ldm":
+        return train.train_ldm(
+            data_root, out_path, config=spec["config"], image_size=int(spec["image_size"]), device=device, **options,
+        )
     if kind == "classifier":
         return train.train_classifier(
             data_root, out_path, arch=spec.get("arch", {}), image_size=int(spec["image_size"]), device=device,
@@ -63,8 +67,8 @@ def train_from_spec(
             data_root, out_path, arch=spec.get("arch", {}), image_size=int(spec["image_size"]), device=device,
             **options,
         )
-    raise ValueError(f"unknown model kind '{kind}' (expected ddpm, diffae, classifier, robust_classifier, oracle or "
-                     f"identity)")
+    raise ValueError(f"unknown model kind '{kind}' (expected ddpm, diffae, ldm, classifier, robust_classifier, "
+                     f"oracle or identity)")
 
 
 def _gcd_networks(experiment: dict[str, Any], method_spec: dict[str, Any], model_specs: dict[str, dict[str, Any]],

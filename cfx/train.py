@@ -394,3 +394,124 @@ def _verification_accuracy(features: torch.Tensor, identities: torch.Tensor, see
         cosine = float(features[first[k]] @ features[other])
         correct.append((cosine > 0.5) == (k % 2 == 0))
     return float(sum(correct) / len(correct)) if correct else float("nan")
+
+
+def ldm_class_labels(attrs: torch.Tensor, classes: dict, generator: torch.Generator) -> torch.Tensor:
+    """One conditioning class per image for the mini LDM: a query attribute drawn uniformly from ``classes``
+    ({query_label: [class if absent, class if present]}) and the image's value of it."""
+    queries = sorted(int(q) for q in classes)
+    table = torch.tensor([[int(c) for c in (classes.get(q, classes.get(str(q))))] for q in queries])
+    pick = torch.randint(len(queries), (attrs.shape[0],), generator=generator)
+    values = attrs[torch.arange(attrs.shape[0]), torch.tensor(queries)[pick]].long()
+    return table[pick, values]
+
+
+@torch.no_grad()
+def _latent_moments(ldm, images: torch.Tensor, dev: torch.device,
+                    batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std), each (2, N, C, h, w): the first stage's posterior of every image (index 0) and of its mirror
+    image (1); a VQ first stage has std 0. Unscaled (``scale_factor`` is applied by the caller)."""
+    means, stds = [], []
+    for flipped in (False, True):
+        m_parts, s_parts = [], []
+        for start in range(0, len(images), batch):
+            x = images[start:start + batch].to(dev)
+            encoded = ldm.first_stage_model.encode(x.flip(-1) if flipped else x)
+            mean = getattr(encoded, "mean", encoded)
+            m_parts.append(mean)
+            s_parts.append(getattr(encoded, "std", torch.zeros_like(mean)))
+        means.append(torch.cat(m_parts))
+        stds.append(torch.cat(s_parts))
+    return torch.stack(means), torch.stack(stds)
+
+
+def train_ldm(data_root: Path, out_path: Path, *, config: dict, classes: dict, autoencoder: dict, diffusion: dict,
+              seed: int = 0, image_size: int | None = None, split: str = "train",
+              device: str = "auto") -> dict[str, Any]:
+    """Train a small class-conditional latent diffusion model (``cfx.models.ldm``) in two stages, as LDM does,
+    and save it in the published Lightning layout (``state_dict`` with ``first_stage_model.*``, ``model.*``,
+    ``cond_stage_model.*``).
+
+    1. The KL autoencoder (``ldm/models/autoencoder.py:AutoencoderKL.training_step``, optimiser 0): ℓ1
+       reconstruction of a posterior sample + ``kl_weight``·KL (``autoencoder``: steps, batch_size, lr, kl_weight).
+       LDM's LPIPS and patch discriminator are left out (no offline VGG weights; README deviation).
+    2. The latent ε-prediction UNet and the class embedder (``LatentDiffusion.p_losses``, ``loss_type`` l2,
+       ``cond_stage_trainable``), first stage frozen: z = scale·sample(E(x)), t ~ U{0, …, max_timestep−1}, the
+       class of a query attribute (:func:`ldm_class_labels`) replaced by the null class (the embedder's last) with
+       probability ``p_uncond`` (classifier-free training, as LDCE's null class 1000 needs); AdamW
+       (``diffusion``: steps, batch_size, lr, max_timestep, p_uncond)."""
+    from cfx.models.ldm import build_ldm, save_ldm_checkpoint
+
+    started = time.time()
+    torch.manual_seed(seed)
+    dev = select_device(device)
+    ldm = build_ldm(config).to(dev)
+    images, attrs = load_split(Path(data_root), split, int(image_size or 32))
+    generator = torch.Generator().manual_seed(seed)
+    first_stage = ldm.first_stage_model.train()
+    opt = torch.optim.Adam(first_stage.parameters(), lr=float(autoencoder["lr"]), betas=(0.5, 0.9))
+    ae_losses, ae_steps, kl_weight = [], int(autoencoder["steps"]), float(autoencoder.get("kl_weight", 1e-6))
+    ae_started = time.time()
+    for _ in (bar := tqdm(range(ae_steps), desc="train ldm autoencoder", unit="step")):
+        idx = torch.randint(len(images), (int(autoencoder["batch_size"]),), generator=generator)
+        x = _random_flip(images[idx], generator).to(dev)
+        posterior = first_stage.encode(x)
+        rec = first_stage.decode(posterior.sample())
+        loss = (rec - x).abs().mean() + kl_weight * posterior.kl().mean() / x[0].numel()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ae_losses.append(loss.item())
+        bar.set_postfix(loss=f"{ae_losses[-1]:.4f}")
+    ae_seconds = time.time() - ae_started
+    first_stage.eval().requires_grad_(False)
+    with torch.no_grad():
+        sample = images[torch.randint(len(images), (min(256, len(images)),), generator=generator)].to(dev)
+        if ldm.scale_by_std:  # LatentDiffusion.on_train_batch_start: scale_factor = 1 / std of the first latents
+            ldm.scale_factor.fill_(1.0 / float(ldm.encode_first_stage(sample).std() / ldm.scale_factor))
+        z_std = float(ldm.encode_first_stage(sample).std())
+        rec_l1 = float((ldm.decode_first_stage(ldm.encode_first_stage(sample)) - sample).abs().mean())
+
+    params = [*ldm.model.parameters(), *ldm.cond_stage_model.parameters()]
+    opt = torch.optim.AdamW(params, lr=float(diffusion["lr"]))
+    n_classes = int(ldm.cond_stage_model.n_classes)
+    t_max = int(diffusion.get("max_timestep") or ldm.num_timesteps)
+    if not 0 < t_max <= ldm.num_timesteps:
+        raise ValueError(f"max_timestep {t_max} is outside 1..{ldm.num_timesteps} (LDM timesteps)")
+    p_uncond = float(diffusion.get("p_uncond", 0.1))
+    alphas_cumprod = ldm.alphas_cumprod.to(dev)
+    losses, steps, batch_size = [], int(diffusion["steps"]), int(diffusion["batch_size"])
+    ldm.model.train()
+    dm_started = time.time()
+    # the frozen encoder's posterior of every image and of its mirror image, computed once; each step samples it
+    moments = _latent_moments(ldm, images, dev)
+    for _ in (bar := tqdm(range(steps), desc="train ldm diffusion", unit="step")):
+        idx = torch.randint(len(images), (batch_size,), generator=generator)
+        flip = (torch.rand(batch_size, generator=generator) < 0.5).long()
+        mean, std = moments[0][flip, idx], moments[1][flip, idx]
+        labels = ldm_class_labels(attrs[idx], classes, generator)
+        labels[torch.rand(batch_size, generator=generator) < p_uncond] = n_classes - 1
+        z0 = ldm.scale_factor * (mean + std * torch.randn(mean.shape, generator=generator).to(dev))
+        t = torch.randint(t_max, (batch_size,), generator=generator).to(dev)
+        noise = torch.randn(z0.shape, generator=generator).to(dev)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        z_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        loss = F.mse_loss(ldm.apply_model(z_t, t, ldm.get_learned_conditioning(labels.to(dev))), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    dm_seconds = time.time() - dm_started
+    save_ldm_checkpoint(ldm.cpu().eval(), out_path, global_step=ae_steps + steps)
+    log = {"kind": "ldm", "seed": seed, "classes": {str(k): v for k, v in classes.items()},
+           "scale_factor": float(ldm.scale_factor),
+           "autoencoder": {**autoencoder, **_loss_summary(ae_losses),
+                           "seconds_per_step": _per_step(ae_seconds, ae_steps),
+                           "latent_std_scaled": round(z_std, 4), "reconstruction_l1": round(rec_l1, 4)},
+           "diffusion": {**diffusion, "max_timestep": t_max, "num_timesteps": int(ldm.num_timesteps),
+                         **_loss_summary(losses), "seconds_per_step": _per_step(dm_seconds, steps)},
+           "seconds": round(time.time() - started, 1), "threads": torch.get_num_threads(), "device": str(dev),
+           "n_train_images": len(images)}
+    _write_log(out_path, log)
+    return log

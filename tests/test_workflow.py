@@ -32,11 +32,11 @@ def test_dry_run_plans_the_mini_dag(tmp_path):
     result = _run(["-n", "--quiet", "rules"], wf)
     assert result.returncode == 0, result.stderr
     plan = result.stdout + result.stderr
-    # 2 tasks + sigma_L's 2 extra-seed runs of the smile task with DiME and ACE, SVCE on the 2 tasks, 2 chunks;
-    # 5 networks (DDPM, classifier, robust classifier, oracle, identity); metrics: table1 8 x 6 (task, method)
-    # pairs + table_extra 4 x 2
-    for rule, count in [("synth_dataset", 1), ("index_dataset", 1), ("train_model", 5), ("generate", 20),
-                        ("ace_postprocess", 8), ("merge_chunks", 10), ("metric", 56), ("grid_figure", 6),
+    # 2 tasks + sigma_L's 2 extra-seed runs of the smile task with DiME and ACE, SVCE and LDCE on the 2 tasks,
+    # 2 chunks; 6 networks (DDPM, LDM, classifier, robust classifier, oracle, identity); metrics: table1 8 x 8
+    # (task, method) pairs + table_extra 4 x 2
+    for rule, count in [("synth_dataset", 1), ("index_dataset", 1), ("train_model", 6), ("generate", 24),
+                        ("ace_postprocess", 8), ("merge_chunks", 12), ("metric", 72), ("grid_figure", 8),
                         ("svce_figure", 2), ("table", 2), ("table_figure", 2)]:
         assert any(line.split()[:2] == [rule, str(count)] for line in plan.splitlines()), (rule, plan)
 
@@ -79,7 +79,7 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
     result = _run(["--cores", "2", "--config", "scale=ci"], wf)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     table = pd.read_csv(wf / "results/tables/table1.csv", keep_default_na=False, na_values=[""])
-    assert set(table["task"]) == {"smile", "age"} and set(table["method"]) == {"dime", "ace", "svce"}
+    assert set(table["task"]) == {"smile", "age"} and set(table["method"]) == {"dime", "ace", "svce", "ldce"}
     assert set(table["metric"]) == {"fid", "sfid", "fva", "fs", "mnac", "cd", "cout", "flip_rate"}
     flips = table[table["metric"] == "flip_rate"]
     assert (flips["n"] == 6).all() and flips["value"].between(0, 100).all()
@@ -117,6 +117,10 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
         merged = json.loads((tree / "svce.merged.json").read_text())
         assert set(merged["variants"]) == {"radius_50", "radius_75"}
         assert (wf / f"results/figures/{experiment}/svce_radii.png").stat().st_size > 1000
+        # LDCE: LDCE's own layout (PNG counterfactuals, DiME's Info keys) from the workflow-trained mini LDM
+        assert len(list((tree / "Results/ldce").glob("*/*/CF/*.png"))) == 6
+        assert "pred:" in next((tree / "Results/ldce").glob("*/*/Info/*.txt")).read_text()
+        assert (wf / f"results/figures/{experiment}/ldce_grid.png").stat().st_size > 1000
     for log in ("logs/train/mini_ddpm.log", "logs/generate/celeba_smile/dime/0-of-2.log", "logs/tables/table1.log"):
         assert (wf / log).exists(), log
     # nothing left to do on a rerun
