@@ -39,8 +39,8 @@ def test_dry_run_plans_gcd_direction_transfer_and_bblig(tmp_path):
     plan = result.stdout + result.stderr
     # the mini plan (tests/test_workflow.py) plus: the DiffAE, one direction search and one BB-LIG job per task,
     # 2 x 2 transfer chunks, 2 merges, 2 flip-rate metrics, 2 grids, the table and its figure
-    for rule, count in [("train_model", 6), ("gcd_direction", 2), ("gcd_bblig", 2), ("generate", 24),
-                        ("merge_chunks", 12), ("metric", 58), ("grid_figure", 8), ("table", 3)]:
+    for rule, count in [("train_model", 7), ("gcd_direction", 2), ("gcd_bblig", 2), ("generate", 28),
+                        ("merge_chunks", 14), ("metric", 74), ("grid_figure", 10), ("table", 3)]:
         assert any(line.split()[:2] == [rule, str(count)] for line in plan.splitlines()), (rule, plan)
     detail = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "results/cf/celeba_smile/chunks/gcd/"
                              "0-of-2.json"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
