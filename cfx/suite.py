@@ -90,24 +90,47 @@ def seed_trees(suite: dict, experiment: str) -> list[str]:
     return [seed_experiment_name(experiment, s) for s in spec.get("seeds", [])]
 
 
+def network_checkpoint(suite: dict, name: str) -> str:
+    """The checkpoint file of network ``name``: the published file ``resources/checkpoints/NAME.EXT`` when the
+    suite's ``checkpoints:`` registry names it (downloaded, never trained), else ``resources/checkpoints/NAME.pt``
+    (a network trained here)."""
+    from cfx.runtime.download import checkpoint_filename
+
+    registry = suite.get("checkpoints") or {}
+    if name in registry:
+        return f"resources/checkpoints/{checkpoint_filename(name, registry[name])}"
+    return f"resources/checkpoints/{name}.pt"
+
+
+def _named_network(suite: dict, name: str) -> dict[str, Any]:
+    """A network a metric names: a ``models:`` entry, or else a registry checkpoint used as it is published (its
+    spec is ``{kind: <the registry's loader>}``, e.g. ``steex_oracle``, ``vggface2``, ``inception``)."""
+    models = suite.get("models") or {}
+    registry = suite.get("checkpoints") or {}
+    if name not in models and name in registry:
+        spec = {"kind": registry[name]["loader"]}
+    else:
+        spec = section_entry(suite, "models", name)
+    return {"name": name, "checkpoint": network_checkpoint(suite, name), "spec": spec}
+
+
 def metric_networks(suite: dict, metric: str, experiment: str, method: str | None = None) -> dict[str, dict[str, Any]]:
     """Networks of a metric by role: ``{role: {"name", "checkpoint" (or None), "spec"}}``. A string in
-    ``metrics.<metric>.networks`` names a ``models:`` entry (checkpoint ``resources/checkpoints/<name>.pt``), a
-    mapping is an inline network without checkpoint; COUT's ``classifier`` is the classifier ``method`` explains:
-    its own (``methods.<method>.classifier``, SVCE's robust network) or the experiment's."""
+    ``metrics.<metric>.networks`` names a ``models:`` entry or a ``checkpoints:`` registry entry (checkpoint:
+    :func:`network_checkpoint`), a mapping is an inline network without checkpoint; COUT's ``classifier`` is the
+    classifier ``method`` explains: its own (``methods.<method>.classifier``, SVCE's robust network) or the
+    experiment's."""
     spec = (suite.get("metrics") or {}).get(metric) or {}
     networks: dict[str, dict[str, Any]] = {}
     for role, value in (spec.get("networks") or {}).items():
         if isinstance(value, str):
-            networks[role] = {"name": value, "checkpoint": f"resources/checkpoints/{value}.pt",
-                              "spec": section_entry(suite, "models", value)}
+            networks[role] = _named_network(suite, value)
         else:
             networks[role] = {"name": f"{metric}.{role}", "checkpoint": None, "spec": dict(value)}
     if metric == "cout":
         own = (suite.get("methods") or {}).get(method, {}).get("classifier") if method else None
         name = own or section_entry(suite, "experiments", experiment)["classifier"]
-        networks.setdefault("classifier", {"name": name, "checkpoint": f"resources/checkpoints/{name}.pt",
-                                           "spec": section_entry(suite, "models", name)})
+        networks.setdefault("classifier", _named_network(suite, name))
     return networks
 
 

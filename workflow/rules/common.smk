@@ -13,6 +13,7 @@ from cfx.suite import (
     experiment_methods,
     load_suite,
     metric_networks,
+    network_checkpoint as suite_network_checkpoint,
     section_entry,
     seed_trees,
     table_pairs,
@@ -149,15 +150,20 @@ def generation_networks(wildcards):
 
 
 def generate_inputs(wildcards):
-    """The index and checkpoints one generation chunk needs."""
+    """The index and checkpoints one generation chunk needs (published files where the registry names them)."""
     spec = experiment_spec(wildcards)
     classifier, ddpm = generation_networks(wildcards)
     inputs = {
         "index": f"results/data/{spec['dataset']}/index.csv",
-        "classifier": f"resources/checkpoints/{classifier}.pt",
+        "classifier": network_checkpoint(classifier),
     }
     if ddpm:
-        inputs["ddpm"] = f"resources/checkpoints/{ddpm}.pt"
+        inputs["ddpm"] = network_checkpoint(ddpm)
+    method = getattr(wildcards, "method", None)
+    perceptual = section_entry(SUITE, "methods", method).get("vgg19_weights") if method else None
+    if perceptual and float(section_entry(SUITE, "methods", method)["config"].get("l_perc", 0.0)) > 0:
+        # DiME's perceptual loss reads this file (methods.dime.vgg19_weights): make or download it first
+        inputs["vgg19"] = perceptual
     if getattr(wildcards, "method", None) == "gcd":
         inputs["diffae"] = network_checkpoint(gcd_diffae())
         inputs["direction"] = f"results/gcd/{wildcards.experiment}/direction.pt"
@@ -177,11 +183,10 @@ def generation_models(wildcards):
 
 
 def network_checkpoint(name):
-    """The checkpoint file of a models entry: a published registry file (e.g. a DiffAE .ckpt) when the suite's
-    checkpoints: registry names it, else resources/checkpoints/{name}.pt (trained here)."""
-    if name in (SUITE.get("checkpoints") or {}):
-        return f"resources/checkpoints/{checkpoint_filename(name, SUITE['checkpoints'][name])}"
-    return f"resources/checkpoints/{name}.pt"
+    """The checkpoint file of a models entry: a published registry file (e.g. a DiffAE .ckpt, STEEX's .tar) when the
+    suite's checkpoints: registry names it (download_checkpoint makes it), else resources/checkpoints/{name}.pt
+    (train_model makes it)."""
+    return suite_network_checkpoint(SUITE, name)
 
 
 def ldce_ldm():
@@ -206,7 +211,7 @@ def gcd_direction_inputs(wildcards):
     spec = experiment_spec(wildcards)
     return {
         "index": f"results/data/{spec['dataset']}/index.csv",
-        "classifier": f"resources/checkpoints/{spec['classifier']}.pt",
+        "classifier": network_checkpoint(spec["classifier"]),
         "diffae": network_checkpoint(gcd_diffae()),
     }
 
