@@ -85,7 +85,15 @@ def test_oom_fails_the_chunk_keeps_finished_images_and_the_halved_retry_complete
     assert len(list((tree / "Results" / "dime").glob("*/*/Info/*.txt"))) == 2  # the first batch is kept
     retried = generate_chunk(**kwargs, batch_divisor=2)  # attempt 2: half the batch
     assert retried["generated_now"] == 4 and retried["batch_size"] == 1 and retried["n"] == 6
-    assert retried["records"] == reference["records"]  # per-image seeds: the batch size changes nothing (DiME)
+    # per-image seeds: the batch size changes nothing (DiME) but float rounding (batched kernels sum in another order)
+    assert len(retried["records"]) == len(reference["records"])
+    for got, want in zip(retried["records"], reference["records"], strict=True):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            if isinstance(value, float):
+                assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (want["stem"], key)
+            else:
+                assert got[key] == value, (want["stem"], key)
 
 
 def test_precision_resolution_and_conversion():
