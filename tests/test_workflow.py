@@ -45,7 +45,8 @@ def test_chunk_count_comes_from_config(tmp_path):
     wf = _copy_workflow(tmp_path)
     result = _run(["-n", "--quiet", "rules", "--config", "chunks=5"], wf)
     assert result.returncode == 0, result.stderr
-    assert any(line.split()[:2] == ["generate", "50"] for line in (result.stdout + result.stderr).splitlines())
+    # 12 generating (experiment, method) pairs (test_dry_run_plans_the_mini_dag: 24 jobs at 2 chunks) x 5 chunks
+    assert any(line.split()[:2] == ["generate", "60"] for line in (result.stdout + result.stderr).splitlines())
 
 
 def test_lint_is_clean(tmp_path):
