@@ -80,7 +80,7 @@ def _gcd_networks(experiment: dict[str, Any], method_spec: dict[str, Any], model
     from cfx.methods.gcd import DEFAULTS
     from cfx.metrics import NetworkRef
     from cfx.metrics.sigma_l import load_lpips
-    from cfx.models.classifier import QueryClassifier, load_celeba_classifier
+    from cfx.models.classifier import load_query_classifier
     from cfx.models.diffae import DiffAE, load_diffae_checkpoint
     from cfx.runtime.device import select_device
     from cfx.runtime.precision import resolve_precision
@@ -92,8 +92,8 @@ def _gcd_networks(experiment: dict[str, Any], method_spec: dict[str, Any], model
     dae = DiffAE(model.to(dev), T_encode=int(cfg["T_encode"]), T_render=int(cfg["T_render"]),
                  batch_size=int(cfg["dae_batch_size"]), autocast=resolve_precision(precision, dev) == "fp16")
     clf_spec = model_specs[experiment["classifier"]]
-    classifier = QueryClassifier(load_celeba_classifier(checkpoints["classifier"], **clf_spec.get("arch", {})),
-                                 int(experiment["query_label"])).to(dev).eval().requires_grad_(False)
+    classifier = load_query_classifier(clf_spec, checkpoints["classifier"], int(experiment["query_label"]))
+    classifier = classifier.to(dev).eval().requires_grad_(False)
     lpips_spec = dict(method_spec.get("lpips") or {"kind": "lpips_vgg"})
     net, _ = load_lpips(NetworkRef("lpips", "lpips", None, lpips_spec), str(dev))
     net.requires_grad_(False)
@@ -140,7 +140,7 @@ def gcd_direction(*, experiment: dict[str, Any], method_spec: dict[str, Any], mo
     scorer = Scorer(classifier.model, lpips, (image + 1) / 2, batch_size=int(method_spec.get("batch_size", 128)))
     generator = image_generators(seed, "gcd_direction", [str(position).zfill(7)])[0]
     config = {k: v for k, v in method_spec.get("config", {}).items() if k != "direction"}
-    config["query_label"] = int(experiment["query_label"])
+    config["query_label"] = classifier.query_label  # the output the query selects (STEEX CelebA-HQ: 31 -> 1)
     result = search_directions(image, dae=dae, scorer=scorer, config=config, generator=generator, log=print)
     out_path = Path(out_path)
     save_direction(result["chosen"], out_path)

@@ -87,6 +87,8 @@ def test_paper_models_are_published_checkpoints_and_metrics_use_the_registry():
     assert metric_networks(suite, "fid", "celebahq_young")["features"]["checkpoint"].endswith("fid_inception.pth")
     cout = metric_networks(suite, "cout", "celebahq_young", "ldce")["classifier"]
     assert cout["name"] == "steex_celebahq_classifier" and cout["checkpoint"].endswith(".tar")
+    # generation, GCD and COUT load STEEX's 3-output classifier with its own loader (the registry's), not DiME's
+    assert cout["spec"]["kind"] == registry["steex_celebahq_classifier"]["loader"] == "steex_classifier"
     # every published number names its source
     for task in suite["tables"]["table6"]["published"].values():
         for method in task.values():

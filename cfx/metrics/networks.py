@@ -13,6 +13,7 @@ identity (FVA, FS)      ``vggface2`` (``resnet50_ft_weight.pkl``)    ``identity`
 features (FID, sFID)    ``inception`` (pytorch-fid pool3)            ``oracle`` (its 128-d feature extractor)
 simsiam (S³)            ``simsiam`` (``checkpoint_0099.pth.tar``)    ``oracle`` (its 128-d feature extractor)
 classifier (COUT)       the experiment's classifier                  the experiment's classifier
+                        (``steex_classifier`` on CelebA-HQ)
 ======================  ===========================================  ==========================================
 """
 
@@ -152,11 +153,12 @@ def load_simsiam_projector(ref: NetworkRef, device: str = "cpu") -> Batch:
 
 def load_classifier_logits(ref: NetworkRef, query_label: int, device: str = "cpu") -> Batch:
     """[−1,1] images → the experiment classifier's logits (binary: the query attribute's logit, shape N); a
-    ``robust_classifier`` (SVCE's) is stored in the same format."""
-    if ref.kind in ("classifier", "robust_classifier"):
-        from cfx.models.classifier import QueryClassifier, load_celeba_classifier
+    ``robust_classifier`` (SVCE's) is stored in the same format; ``steex_classifier``: STEEX's decision classifier,
+    the query label mapped to its output (CelebA-HQ 20/31/39 → 0/1/2)."""
+    from cfx.models.classifier import QUERY_CLASSIFIER_KINDS, load_query_classifier
 
-        net = load_celeba_classifier(_checkpoint(ref), **ref.spec.get("arch", {}))
-        query = QueryClassifier(net, int(query_label)).to(device).eval().requires_grad_(False)
+    if ref.kind in QUERY_CLASSIFIER_KINDS:
+        query = load_query_classifier(ref.spec, _checkpoint(ref), int(query_label))
+        query = query.to(device).eval().requires_grad_(False)
         return lambda x: query(x.to(device))
     raise ValueError(f"network '{ref.name}' of kind '{ref.kind}' is not a classifier this metric can load")
