@@ -72,9 +72,12 @@ def train_from_spec(
 
 
 def _gcd_networks(experiment: dict[str, Any], method_spec: dict[str, Any], model_specs: dict[str, dict[str, Any]],
-                  checkpoints: dict[str, Path], device: str, precision: str = "auto") -> tuple[Any, Any, Any]:
+                  checkpoints: dict[str, Path], device: str, precision: str = "auto",
+                  with_lpips: bool = True) -> tuple[Any, Any, Any]:
     """GCD's DiffAE (the method's ``diffae`` entry), the experiment's query classifier and LPIPS (the method's
-    ``lpips`` network: ``{kind: lpips_vgg}`` as upstream, ``{kind: lpips_random, seed}`` offline)."""
+    ``lpips`` network spec: ``{kind: lpips_vgg}`` as upstream, ``{kind: lpips_random, seed}`` offline; its VGG-16
+    trunk from checkpoint ``lpips`` when given, the paper suite's downloaded ``torchvision_vgg16``, else from
+    ``$TORCH_HOME``). ``with_lpips=False`` (BB-LIG) skips LPIPS and returns None for it."""
     import torch
 
     from cfx.methods.gcd import DEFAULTS
@@ -94,8 +97,15 @@ def _gcd_networks(experiment: dict[str, Any], method_spec: dict[str, Any], model
     clf_spec = model_specs[experiment["classifier"]]
     classifier = load_query_classifier(clf_spec, checkpoints["classifier"], int(experiment["query_label"]))
     classifier = classifier.to(dev).eval().requires_grad_(False)
-    lpips_spec = dict(method_spec.get("lpips") or {"kind": "lpips_vgg"})
-    net, _ = load_lpips(NetworkRef("lpips", "lpips", None, lpips_spec), str(dev))
+    if not with_lpips:
+        return dae, classifier, None
+    lpips_spec = method_spec.get("lpips") or {"kind": "lpips_vgg"}
+    if not isinstance(lpips_spec, dict):
+        raise ValueError(f"methods.gcd.lpips must be resolved to a network spec {{kind: ...}} (the workflow and "
+                         f"cfx.suite.method_network do), got {lpips_spec!r}")
+    weights = checkpoints.get("lpips")
+    ref = NetworkRef("lpips", "lpips", Path(weights) if weights else None, dict(lpips_spec))
+    net, _ = load_lpips(ref, str(dev))
     net.requires_grad_(False)
 
     def lpips(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -177,7 +187,7 @@ def gcd_bblig(*, experiment: dict[str, Any], method_spec: dict[str, Any], model_
                             image_size=int(experiment["image_size"]), query_label=int(experiment["query_label"]),
                             image_ids=image_ids)
     spec = {**method_spec, "config": {**method_spec.get("config", {})}}
-    dae, classifier, _ = _gcd_networks(experiment, spec, model_specs, checkpoints, device, precision)
+    dae, classifier, _ = _gcd_networks(experiment, spec, model_specs, checkpoints, device, precision, with_lpips=False)
     dae.batch_size = int({**DEFAULTS, **spec["config"]}["transfer_batch_size"])
     direction = load_direction(checkpoints["direction"])
     dev = next(dae.model.parameters()).device

@@ -7,7 +7,9 @@ here). The key lists are spelled out from the upstream architecture descriptions
 * SimSiam (facebookresearch/simsiam ``simsiam/builder.py``), FID Inception (pytorch-fid ``inception.py``);
 * STEEX's decision classifier (valeoai/STEEX ``models/DecisionDensenetModel.py``: a ``DenseNet121`` wrapper around
   torchvision's ``densenet121`` with an Identity head, then ``Linear(1024, num_classes)``), saved as its training
-  script does: ``{'epoch', 'model_state_dict', 'optimizer_state_dict', 'loss'}``.
+  script does: ``{'epoch', 'model_state_dict', 'optimizer_state_dict', 'loss'}``;
+* torchvision's ``vgg16-397923af.pth`` (``torchvision/models/vgg.py`` cfg "D": ``features.{i}`` convolutions and the
+  ``classifier.{0,3,6}`` ImageNet head), the trunk of ``lpips.LPIPS(net='vgg')``.
 """
 
 from __future__ import annotations
@@ -111,6 +113,28 @@ def write_steex_decision_checkpoint(path: Path, num_classes: int = 3, seed: int 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"epoch": 9, "model_state_dict": state, "optimizer_state_dict": optimizer, "loss": 0.21}, path)
     return state
+
+
+VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def torchvision_vgg16_shapes(with_classifier: bool = True) -> dict[str, tuple[int, ...]]:
+    """Key → shape of torchvision's VGG-16 state dict: ``features.{i}`` (conv, ReLU, pools: a conv every layer index
+    the cfg gives) and, with ``with_classifier``, ``classifier.{0,3,6}`` (25088 → 4096 → 4096 → 1000; 500 MB of the
+    file's 528 MB, which LPIPS does not use)."""
+    shapes, index, channels = {}, 0, 3
+    for item in VGG16_CFG:
+        if item == "M":
+            index += 1
+            continue
+        shapes[f"features.{index}.weight"] = (item, channels, 3, 3)
+        shapes[f"features.{index}.bias"] = (item,)
+        channels, index = item, index + 2  # conv + ReLU
+    if with_classifier:
+        for layer, (out, inp) in {0: (4096, 25088), 3: (4096, 4096), 6: (1000, 4096)}.items():
+            shapes[f"classifier.{layer}.weight"] = (out, inp)
+            shapes[f"classifier.{layer}.bias"] = (out,)
+    return shapes
 
 
 def simsiam_shapes(dim: int = 2048, pred_dim: int = 512) -> dict[str, tuple[int, ...]]:
