@@ -108,8 +108,8 @@ def train(suite: str, scale: str, model: str, index_csv: Path, out: Path, device
               help="UNet precision: auto = fp16 on CUDA (upstream use_fp16), fp32 on CPU.")
 @click.option("--batch-divisor", default=1, show_default=True, help="Divide the method's batch size (OOM retries).")
 @click.option("--compile", "compile_unet", is_flag=True, help="torch.compile the diffusion UNet (worth it on CUDA).")
-@click.option("--ldm", type=click.Path(path_type=Path), help="LDCE: LDM checkpoint (default CHECKPOINTS/NAME.pt).")
-@click.option("--diffae", type=click.Path(path_type=Path), help="GCD: DiffAE checkpoint (default CHECKPOINTS/NAME.pt).")
+@click.option("--ldm", type=click.Path(path_type=Path), help="LDCE: LDM checkpoint (default: in CHECKPOINTS).")
+@click.option("--diffae", type=click.Path(path_type=Path), help="GCD: DiffAE checkpoint (default: in CHECKPOINTS).")
 @click.option("--direction", type=click.Path(path_type=Path),
               help="GCD: direction file (default results/gcd/EXPERIMENT/direction.pt).")
 def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, checkpoint_dir, tree, manifest,
@@ -123,18 +123,18 @@ def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, c
     classifier = method_classifier(section_entry(spec, "methods", method), exp)
     ddpm = exp.get("ddpm") if uses_ddpm(method) else None
     names = [classifier] + ([ddpm] if ddpm else [])
-    checkpoints = {"classifier": checkpoint_dir / f"{classifier}.pt"}
+    checkpoints = {"classifier": _checkpoint_file(spec, checkpoint_dir, classifier)}
     if ddpm:
-        checkpoints["ddpm"] = checkpoint_dir / f"{ddpm}.pt"
+        checkpoints["ddpm"] = _checkpoint_file(spec, checkpoint_dir, ddpm)
     if method == "gcd":
         dae_name = section_entry(spec, "methods", "gcd")["diffae"]
         names.append(dae_name)
-        checkpoints["diffae"] = diffae or checkpoint_dir / f"{dae_name}.pt"
+        checkpoints["diffae"] = diffae or _checkpoint_file(spec, checkpoint_dir, dae_name)
         checkpoints["direction"] = direction or Path("results/gcd") / experiment / "direction.pt"
     if method == "ldce":
         ldm_name = section_entry(spec, "methods", "ldce")["ldm"]
         names.append(ldm_name)
-        checkpoints["ldm"] = ldm or checkpoint_dir / f"{ldm_name}.pt"
+        checkpoints["ldm"] = ldm or _checkpoint_file(spec, checkpoint_dir, ldm_name)
     manifest = manifest or tree / "chunks" / method / f"{chunk}-of-{chunks}.json"
     result = generate_chunk(
         experiment=exp, method=method, method_spec=section_entry(spec, "methods", method),
@@ -150,13 +150,25 @@ def gcd() -> None:
     """GCD's direction search and BB-LIG maps (the transfer is `cfx generate --method gcd`)."""
 
 
+def _checkpoint_file(suite: dict, checkpoint_dir: Path, name: str) -> Path:
+    """Network ``name``'s file in ``checkpoint_dir``: the registry file name (e.g. STEEX's ``.tar``) or NAME.pt."""
+    from cfx.suite import network_checkpoint
+
+    return checkpoint_dir / Path(network_checkpoint(suite, name)).name
+
+
 def _gcd_setup(suite: str, scale: str, experiment: str, checkpoint_dir: Path, diffae: Path | None):
+    from cfx.suite import method_network, resolved_method_spec
+
     spec = _suite(suite, scale)
     exp = section_entry(spec, "experiments", experiment)
-    method_spec = section_entry(spec, "methods", "gcd")
+    method_spec = resolved_method_spec(spec, "gcd")
     names = [exp["classifier"], method_spec["diffae"]]
-    checkpoints = {"classifier": checkpoint_dir / f"{exp['classifier']}.pt",
-                   "diffae": diffae or checkpoint_dir / f"{method_spec['diffae']}.pt"}
+    checkpoints = {"classifier": _checkpoint_file(spec, checkpoint_dir, exp["classifier"]),
+                   "diffae": diffae or _checkpoint_file(spec, checkpoint_dir, method_spec["diffae"])}
+    lpips = method_network(spec, "gcd", "lpips")
+    if lpips and lpips["checkpoint"]:
+        checkpoints["lpips"] = checkpoint_dir / Path(lpips["checkpoint"]).name
     return exp, method_spec, {n: section_entry(spec, "models", n) for n in names}, checkpoints
 
 
@@ -167,7 +179,7 @@ def _gcd_setup(suite: str, scale: str, experiment: str, checkpoint_dir: Path, di
 @click.option("--index", "index_csv", required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--checkpoints", "checkpoint_dir", default="resources/checkpoints", show_default=True,
               type=click.Path(path_type=Path))
-@click.option("--diffae", type=click.Path(path_type=Path), help="DiffAE checkpoint (default CHECKPOINTS/NAME.pt).")
+@click.option("--diffae", type=click.Path(path_type=Path), help="DiffAE checkpoint (default: in CHECKPOINTS).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Direction file to write.")
 @click.option("--seed", default=4, show_default=True)
 @click.option("--device", default="auto", show_default=True)
@@ -188,7 +200,7 @@ def gcd_direction_cmd(suite, scale, experiment, index_csv, checkpoint_dir, diffa
 @click.option("--index", "index_csv", required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--checkpoints", "checkpoint_dir", default="resources/checkpoints", show_default=True,
               type=click.Path(path_type=Path))
-@click.option("--diffae", type=click.Path(path_type=Path), help="DiffAE checkpoint (default CHECKPOINTS/NAME.pt).")
+@click.option("--diffae", type=click.Path(path_type=Path), help="DiffAE checkpoint (default: in CHECKPOINTS).")
 @click.option("--direction", required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the .npz files and figures.")
 @click.option("--n-images", default=4, show_default=True)

@@ -74,17 +74,17 @@ def load_generation_models(
 ) -> dict[str, Any]:
     """Build the networks a method needs from their suite entries and checkpoints (strict loading). The
     classifier is the method's own (``classifier`` in its suite entry: SVCE's robust network) or the
-    experiment's; the DDPM is loaded for methods that use one and computes in ``precision``
-    (``cfx.runtime.precision``: auto = fp16 on CUDA as upstream, fp32 on CPU). GCD: the DiffAE named by its suite
-    entry (``diffae``; checkpoint ``diffae``, float16 autocast when the precision resolves to fp16, as upstream's
-    ``fp16=True``) and its direction (checkpoint ``direction``, written by the direction search)."""
-    from cfx.models.classifier import QueryClassifier, load_celeba_classifier
+    experiment's, loaded by its suite kind (:func:`cfx.models.classifier.load_query_classifier`: DiME's format or
+    STEEX's decision classifier, whose output the query label selects); the DDPM is loaded for methods that use one
+    and computes in ``precision`` (``cfx.runtime.precision``: auto = fp16 on CUDA as upstream, fp32 on CPU). GCD:
+    the DiffAE named by its suite entry (``diffae``; checkpoint ``diffae``, float16 autocast when the precision
+    resolves to fp16, as upstream's ``fp16=True``) and its direction (checkpoint ``direction``, written by the
+    direction search)."""
+    from cfx.models.classifier import load_query_classifier
 
     clf_spec = model_specs[method_classifier(method_spec, experiment)]
-    classifier = load_celeba_classifier(checkpoints["classifier"], **clf_spec.get("arch", {}))
-    models: dict[str, Any] = {
-        "classifier": QueryClassifier(classifier, int(experiment["query_label"])).to(device).eval()
-    }
+    classifier = load_query_classifier(clf_spec, checkpoints["classifier"], int(experiment["query_label"]))
+    models: dict[str, Any] = {"classifier": classifier.to(device).eval()}
     if experiment.get("ddpm") and uses_ddpm(method):
         from cfx.models.adm import load_adm_checkpoint
         from cfx.models.diffusion import create_gaussian_diffusion

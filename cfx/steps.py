@@ -72,15 +72,18 @@ def train_from_spec(
 
 
 def _gcd_networks(experiment: dict[str, Any], method_spec: dict[str, Any], model_specs: dict[str, dict[str, Any]],
-                  checkpoints: dict[str, Path], device: str, precision: str = "auto") -> tuple[Any, Any, Any]:
+                  checkpoints: dict[str, Path], device: str, precision: str = "auto",
+                  with_lpips: bool = True) -> tuple[Any, Any, Any]:
     """GCD's DiffAE (the method's ``diffae`` entry), the experiment's query classifier and LPIPS (the method's
-    ``lpips`` network: ``{kind: lpips_vgg}`` as upstream, ``{kind: lpips_random, seed}`` offline)."""
+    ``lpips`` network spec: ``{kind: lpips_vgg}`` as upstream, ``{kind: lpips_random, seed}`` offline; its VGG-16
+    trunk from checkpoint ``lpips`` when given, the paper suite's downloaded ``torchvision_vgg16``, else from
+    ``$TORCH_HOME``). ``with_lpips=False`` (BB-LIG) skips LPIPS and returns None for it."""
     import torch
 
     from cfx.methods.gcd import DEFAULTS
     from cfx.metrics import NetworkRef
     from cfx.metrics.sigma_l import load_lpips
-    from cfx.models.classifier import QueryClassifier, load_celeba_classifier
+    from cfx.models.classifier import load_query_classifier
     from cfx.models.diffae import DiffAE, load_diffae_checkpoint
     from cfx.runtime.device import select_device
     from cfx.runtime.precision import resolve_precision
@@ -92,10 +95,17 @@ def _gcd_networks(experiment: dict[str, Any], method_spec: dict[str, Any], model
     dae = DiffAE(model.to(dev), T_encode=int(cfg["T_encode"]), T_render=int(cfg["T_render"]),
                  batch_size=int(cfg["dae_batch_size"]), autocast=resolve_precision(precision, dev) == "fp16")
     clf_spec = model_specs[experiment["classifier"]]
-    classifier = QueryClassifier(load_celeba_classifier(checkpoints["classifier"], **clf_spec.get("arch", {})),
-                                 int(experiment["query_label"])).to(dev).eval().requires_grad_(False)
-    lpips_spec = dict(method_spec.get("lpips") or {"kind": "lpips_vgg"})
-    net, _ = load_lpips(NetworkRef("lpips", "lpips", None, lpips_spec), str(dev))
+    classifier = load_query_classifier(clf_spec, checkpoints["classifier"], int(experiment["query_label"]))
+    classifier = classifier.to(dev).eval().requires_grad_(False)
+    if not with_lpips:
+        return dae, classifier, None
+    lpips_spec = method_spec.get("lpips") or {"kind": "lpips_vgg"}
+    if not isinstance(lpips_spec, dict):
+        raise ValueError(f"methods.gcd.lpips must be resolved to a network spec {{kind: ...}} (the workflow and "
+                         f"cfx.suite.method_network do), got {lpips_spec!r}")
+    weights = checkpoints.get("lpips")
+    ref = NetworkRef("lpips", "lpips", Path(weights) if weights else None, dict(lpips_spec))
+    net, _ = load_lpips(ref, str(dev))
     net.requires_grad_(False)
 
     def lpips(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -140,7 +150,7 @@ def gcd_direction(*, experiment: dict[str, Any], method_spec: dict[str, Any], mo
     scorer = Scorer(classifier.model, lpips, (image + 1) / 2, batch_size=int(method_spec.get("batch_size", 128)))
     generator = image_generators(seed, "gcd_direction", [str(position).zfill(7)])[0]
     config = {k: v for k, v in method_spec.get("config", {}).items() if k != "direction"}
-    config["query_label"] = int(experiment["query_label"])
+    config["query_label"] = classifier.query_label  # the output the query selects (STEEX CelebA-HQ: 31 -> 1)
     result = search_directions(image, dae=dae, scorer=scorer, config=config, generator=generator, log=print)
     out_path = Path(out_path)
     save_direction(result["chosen"], out_path)
@@ -177,7 +187,7 @@ def gcd_bblig(*, experiment: dict[str, Any], method_spec: dict[str, Any], model_
                             image_size=int(experiment["image_size"]), query_label=int(experiment["query_label"]),
                             image_ids=image_ids)
     spec = {**method_spec, "config": {**method_spec.get("config", {})}}
-    dae, classifier, _ = _gcd_networks(experiment, spec, model_specs, checkpoints, device, precision)
+    dae, classifier, _ = _gcd_networks(experiment, spec, model_specs, checkpoints, device, precision, with_lpips=False)
     dae.batch_size = int({**DEFAULTS, **spec["config"]}["transfer_batch_size"])
     direction = load_direction(checkpoints["direction"])
     dev = next(dae.model.parameters()).device

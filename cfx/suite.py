@@ -134,6 +134,29 @@ def metric_networks(suite: dict, metric: str, experiment: str, method: str | Non
     return networks
 
 
+def method_network(suite: dict, method: str, key: str) -> dict[str, Any] | None:
+    """A network a method's suite entry names under ``key`` (GCD's ``lpips``), as :func:`metric_networks` gives
+    them: a string names a ``models:`` entry or a ``checkpoints:`` registry entry (e.g. ``torchvision_vgg16``, spec
+    ``{kind: lpips_vgg}``, checkpoint ``resources/checkpoints/torchvision_vgg16.pth``, downloaded), a mapping is an
+    inline network without checkpoint (e.g. ``{kind: lpips_random, seed: 0}``); None when the key is absent."""
+    value = section_entry(suite, "methods", method).get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _named_network(suite, value)
+    return {"name": f"{method}.{key}", "checkpoint": None, "spec": dict(value)}
+
+
+def resolved_method_spec(suite: dict, method: str) -> dict[str, Any]:
+    """A method's suite entry with its named networks (``lpips``) replaced by their specs, as the cfx steps take
+    them; their files are :func:`method_network`'s ``checkpoint``."""
+    spec = copy.deepcopy(section_entry(suite, "methods", method))
+    network = method_network(suite, method, "lpips")
+    if network is not None:
+        spec["lpips"] = network["spec"]
+    return spec
+
+
 def section_entry(suite: dict, section: str, name: str) -> dict:
     """Look up ``suite[section][name]`` or raise a SuiteError naming the file and the known names."""
     entries = suite.get(section) or {}

@@ -4,7 +4,12 @@ here). The key lists are spelled out from the upstream architecture descriptions
 * VGGFace2 ``resnet50_ft`` (cydonia999/VGGFace2-pytorch ``models/resnet.py``): torchvision-style names;
 * the MatConvNet "dag" layout (DiME ``eval_utils/oracle_metrics.py:Resnet50_128``, STEEX
   ``models/OracleResnetModel.py:Resnet50_ft_dag``): flat Caffe names;
-* SimSiam (facebookresearch/simsiam ``simsiam/builder.py``), FID Inception (pytorch-fid ``inception.py``).
+* SimSiam (facebookresearch/simsiam ``simsiam/builder.py``), FID Inception (pytorch-fid ``inception.py``);
+* STEEX's decision classifier (valeoai/STEEX ``models/DecisionDensenetModel.py``: a ``DenseNet121`` wrapper around
+  torchvision's ``densenet121`` with an Identity head, then ``Linear(1024, num_classes)``), saved as its training
+  script does: ``{'epoch', 'model_state_dict', 'optimizer_state_dict', 'loss'}``;
+* torchvision's ``vgg16-397923af.pth`` (``torchvision/models/vgg.py`` cfg "D": ``features.{i}`` convolutions and the
+  ``classifier.{0,3,6}`` ImageNet head), the trunk of ``lpips.LPIPS(net='vgg')``.
 """
 
 from __future__ import annotations
@@ -64,6 +69,71 @@ def dag_resnet50_shapes(with_tracked: bool = True) -> dict[str, tuple[int, ...]]
                 shapes[f"{p}_{name}.weight"] = shape
                 shapes.update(_bn(f"{p}_{name}_bn", shape[0], with_tracked))
         inplanes = planes * 4
+    return shapes
+
+
+DENSENET121_BLOCKS = (6, 12, 24, 16)  # torchvision densenet121: growth 32, bn_size 4, 64 initial features
+
+
+def steex_decision_densenet_shapes(num_classes: int = 3) -> dict[str, tuple[int, ...]]:
+    """Key → shape of ``DecisionDensenetModel(num_classes).state_dict()``: ``feat_extract`` (STEEX's DenseNet121
+    wrapper) → ``feat_extract`` (torchvision densenet121, modern key names ``norm1``/``conv1``) → ``features.*``, and
+    ``classifier`` = Linear(1024, num_classes)."""
+    trunk = {"conv0.weight": (64, 3, 7, 7), **_bn("norm0", 64, True)}
+    features = 64
+    for block, layers in enumerate(DENSENET121_BLOCKS, start=1):
+        for layer in range(1, layers + 1):
+            p = f"denseblock{block}.denselayer{layer}"
+            width = features + (layer - 1) * 32
+            trunk.update(_bn(f"{p}.norm1", width, True))
+            trunk[f"{p}.conv1.weight"] = (128, width, 1, 1)
+            trunk.update(_bn(f"{p}.norm2", 128, True))
+            trunk[f"{p}.conv2.weight"] = (32, 128, 3, 3)
+        features += layers * 32
+        if block < len(DENSENET121_BLOCKS):
+            trunk.update(_bn(f"transition{block}.norm", features, True))
+            trunk[f"transition{block}.conv.weight"] = (features // 2, features, 1, 1)
+            features //= 2
+    trunk.update(_bn("norm5", features, True))
+    assert features == 1024
+    shapes = {f"feat_extract.feat_extract.features.{k}": v for k, v in trunk.items()}
+    shapes["classifier.weight"] = (num_classes, 1024)
+    shapes["classifier.bias"] = (num_classes,)
+    return shapes
+
+
+def write_steex_decision_checkpoint(path: Path, num_classes: int = 3, seed: int = 0,
+                                    state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """STEEX's ``<dataset>/checkpoint.tar`` with random weights (or ``state``), as ``torch.save`` of its training
+    script's dict; returns the ``model_state_dict`` written."""
+    if state is None:
+        state = random_state(steex_decision_densenet_shapes(num_classes), seed=seed, bn_gamma=0.5)
+    optimizer = {"state": {}, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0,
+                                                "amsgrad": False, "params": list(range(len(state)))}]}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": 9, "model_state_dict": state, "optimizer_state_dict": optimizer, "loss": 0.21}, path)
+    return state
+
+
+VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def torchvision_vgg16_shapes(with_classifier: bool = True) -> dict[str, tuple[int, ...]]:
+    """Key → shape of torchvision's VGG-16 state dict: ``features.{i}`` (conv, ReLU, pools: a conv every layer index
+    the cfg gives) and, with ``with_classifier``, ``classifier.{0,3,6}`` (25088 → 4096 → 4096 → 1000; 500 MB of the
+    file's 528 MB, which LPIPS does not use)."""
+    shapes, index, channels = {}, 0, 3
+    for item in VGG16_CFG:
+        if item == "M":
+            index += 1
+            continue
+        shapes[f"features.{index}.weight"] = (item, channels, 3, 3)
+        shapes[f"features.{index}.bias"] = (item,)
+        channels, index = item, index + 2  # conv + ReLU
+    if with_classifier:
+        for layer, (out, inp) in {0: (4096, 25088), 3: (4096, 4096), 6: (1000, 4096)}.items():
+            shapes[f"classifier.{layer}.weight"] = (out, inp)
+            shapes[f"classifier.{layer}.bias"] = (out,)
     return shapes
 
 

@@ -58,6 +58,33 @@ def test_missing_inception_weights_name_the_path(tmp_path, monkeypatch):
         load_fid_inception()
 
 
+def test_inception_reads_the_suites_checkpoint_file_not_torch_home(torch_home, tmp_path, monkeypatch):
+    """The paper suite names the registry file (resources/checkpoints/fid_inception.pth, a workflow input): the
+    metric reads that file, whatever TORCH_HOME holds; without it, pytorch-fid's TORCH_HOME cache as before."""
+    from cfx.metrics.fid import FeatureSpace
+    from cfx.metrics.networks import load_fid_features
+
+    cached = torch_home / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    registry = tmp_path / "resources" / "checkpoints" / "fid_inception.pth"
+    registry.parent.mkdir(parents=True)
+    registry.symlink_to(cached)
+    ref = NetworkRef("features", "fid_inception", registry, {"kind": "inception"})
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        from_cache = load_fid_features(None, dims=64)(x)
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+        from_file = load_fid_features(ref, dims=64)(x)
+    assert torch.equal(from_cache, from_file)
+    space = FeatureSpace(MetricContext(networks={"features": ref}, options={"dims": 64}))
+    assert space.describe()["features_weights"] == str(registry) and not space.stand_in
+    with pytest.raises(FileNotFoundError, match=r"TORCH_HOME"):  # no file named: the cache, which is empty now
+        load_fid_features(None, dims=64)
+    missing = NetworkRef("features", "fid_inception", tmp_path / "nowhere" / "fid_inception.pth", {"kind": "inception"})
+    with pytest.raises(FileNotFoundError, match=r"nowhere/fid_inception\.pth does not exist.*"
+                                                r"cfx download fid_inception"):
+        load_fid_features(missing, dims=64)
+
+
 def test_fid_of_folders_equals_the_pytorch_fid_cli(torch_home, folders):
     real, fake = folders
     # --dims 64 (pytorch-fid's first block, spatially averaged): the pool3 covariances (2048²) take minutes in

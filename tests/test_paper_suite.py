@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from cfx.suite import load_suite, metric_networks, network_checkpoint
+from cfx.suite import load_suite, method_network, metric_networks, network_checkpoint
 from tests.test_layouts import fake_celebahq
 from tests.test_workflow import _copy_workflow
 
@@ -62,6 +62,9 @@ def _table6_needs(suite: dict, chunks: int) -> dict[str, object]:
             checkpoints.add(network_checkpoint(suite, suite["methods"][method][key]))
     if "dime" in spec["methods"] and suite["methods"]["dime"]["config"].get("l_perc", 0) > 0:
         checkpoints.add(suite["methods"]["dime"]["vgg19_weights"])
+    lpips = method_network(suite, "gcd", "lpips") if "gcd" in spec["methods"] else None
+    if lpips and lpips["checkpoint"]:  # GCD's direction search reads LPIPS's VGG-16 from the registry file
+        checkpoints.add(lpips["checkpoint"])
     return {
         "experiments": experiments,
         "generate": {f"results/cf/{e}/chunks/{m}/{c}-of-{chunks}.json" for e, m in pairs for c in range(chunks)},
@@ -87,6 +90,8 @@ def test_paper_models_are_published_checkpoints_and_metrics_use_the_registry():
     assert metric_networks(suite, "fid", "celebahq_young")["features"]["checkpoint"].endswith("fid_inception.pth")
     cout = metric_networks(suite, "cout", "celebahq_young", "ldce")["classifier"]
     assert cout["name"] == "steex_celebahq_classifier" and cout["checkpoint"].endswith(".tar")
+    # generation, GCD and COUT load STEEX's 3-output classifier with its own loader (the registry's), not DiME's
+    assert cout["spec"]["kind"] == registry["steex_celebahq_classifier"]["loader"] == "steex_classifier"
     # every published number names its source
     for task in suite["tables"]["table6"]["published"].values():
         for method in task.values():
@@ -113,8 +118,11 @@ def test_table6_dry_run_plans_the_whole_table(tmp_path):
     assert counts["metric"] == needs["metric"]
     assert counts["gcd_direction"] == len(needs["experiments"])  # one direction search per task
     assert outputs["table"] == ["results/tables/table6.csv", "results/tables/table6.md", "results/tables/table6.tex"]
-    # table6 as it reads today (the other numbers follow from the suite file): 8 checkpoints, 2 tasks x 4 methods
-    assert len(needs["checkpoints"]) == 8 and needs["merge_chunks"] == 8 and needs["metric"] == 64
+    # table6 as it reads today (the other numbers follow from the suite file): 9 checkpoints (with GCD's LPIPS VGG-16
+    # and the FID Inception read from resources/checkpoints, not $TORCH_HOME), 2 tasks x 4 methods
+    assert "resources/checkpoints/torchvision_vgg16.pth" in needs["checkpoints"]
+    assert "resources/checkpoints/fid_inception.pth" in needs["checkpoints"]
+    assert len(needs["checkpoints"]) == 9 and needs["merge_chunks"] == 8 and needs["metric"] == 64
 
 
 def test_table6_without_data_root_says_what_to_download(tmp_path):

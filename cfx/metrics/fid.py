@@ -62,7 +62,8 @@ class FeatureSpace:
 
     def describe(self) -> dict[str, Any]:
         if self.is_inception:
-            return {"features": f"pytorch-fid InceptionV3 ({self.dims}-d)"}
+            source = self.ref.path if self.ref is not None and self.ref.path is not None else "$TORCH_HOME"
+            return {"features": f"pytorch-fid InceptionV3 ({self.dims}-d)", "features_weights": str(source)}
         return {"features": f"{self.ref.kind} network '{self.ref.name}'"}
 
     @torch.no_grad()

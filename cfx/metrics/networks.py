@@ -10,9 +10,11 @@ oracle (MNAC, CD)       ``celeba_oracle`` (DiME ``oracle.pth``),     ``oracle`` 
                         ``steex_oracle`` (STEEX ``checkpoint.tar``)
 identity (FVA, FS)      ``vggface2`` (``resnet50_ft_weight.pkl``)    ``identity`` (oracle architecture trained
                                                                      on the generated identities)
-features (FID, sFID)    ``inception`` (pytorch-fid pool3)            ``oracle`` (its 128-d feature extractor)
+features (FID, sFID)    ``inception`` (pytorch-fid pool3,            ``oracle`` (its 128-d feature extractor)
+                        ``pt_inception-2015-12-05-6726825d.pth``)
 simsiam (S³)            ``simsiam`` (``checkpoint_0099.pth.tar``)    ``oracle`` (its 128-d feature extractor)
 classifier (COUT)       the experiment's classifier                  the experiment's classifier
+                        (``steex_classifier`` on CelebA-HQ)
 ======================  ===========================================  ==========================================
 """
 
@@ -115,11 +117,13 @@ def load_face_features(ref: NetworkRef, device: str = "cpu") -> Callable[[Sequen
 def load_fid_features(ref: NetworkRef | None, device: str = "cpu", dims: int = 2048) -> Batch:
     """[0,1] images → the Fréchet features: pytorch-fid's InceptionV3 for kind ``inception`` or no network given
     (``dims`` as its ``--dims``: 2048 = pool3, the FID; 64/192/768 = earlier blocks, spatially averaged as
-    ``get_activations`` does); the mini oracle's 128-d features for kind ``oracle`` (``dims`` unused)."""
+    ``get_activations`` does); the mini oracle's 128-d features for kind ``oracle`` (``dims`` unused). Inception's
+    weights are the network's checkpoint file when it has one (the paper suite's registry ``fid_inception``,
+    downloaded to ``resources/checkpoints``), else pytorch-fid's ``$TORCH_HOME`` cache."""
     if ref is None or ref.kind == "inception":
         from cfx.models.fid_inception import load_fid_inception
 
-        net = load_fid_inception(device, dims=dims)
+        net = load_fid_inception(device, dims=dims, weights=ref.path if ref is not None else None)
 
         def inception_features(x: torch.Tensor) -> torch.Tensor:
             out = net(x.to(device))[0]
@@ -152,11 +156,12 @@ def load_simsiam_projector(ref: NetworkRef, device: str = "cpu") -> Batch:
 
 def load_classifier_logits(ref: NetworkRef, query_label: int, device: str = "cpu") -> Batch:
     """[−1,1] images → the experiment classifier's logits (binary: the query attribute's logit, shape N); a
-    ``robust_classifier`` (SVCE's) is stored in the same format."""
-    if ref.kind in ("classifier", "robust_classifier"):
-        from cfx.models.classifier import QueryClassifier, load_celeba_classifier
+    ``robust_classifier`` (SVCE's) is stored in the same format; ``steex_classifier``: STEEX's decision classifier,
+    the query label mapped to its output (CelebA-HQ 20/31/39 → 0/1/2)."""
+    from cfx.models.classifier import QUERY_CLASSIFIER_KINDS, load_query_classifier
 
-        net = load_celeba_classifier(_checkpoint(ref), **ref.spec.get("arch", {}))
-        query = QueryClassifier(net, int(query_label)).to(device).eval().requires_grad_(False)
+    if ref.kind in QUERY_CLASSIFIER_KINDS:
+        query = load_query_classifier(ref.spec, _checkpoint(ref), int(query_label))
+        query = query.to(device).eval().requires_grad_(False)
         return lambda x: query(x.to(device))
     raise ValueError(f"network '{ref.name}' of kind '{ref.kind}' is not a classifier this metric can load")

@@ -100,3 +100,30 @@ def load_celeba_classifier(path: str | Path, **arch) -> DenseNetClassifier:
         arch["num_attributes"] = int(weight.shape[0])
     model = DenseNetClassifier(**arch)
     return load_feat_classifier(model, state, path, hint=_PREFIX_HINT)
+
+
+CELEBA_FORMAT_KINDS = ("classifier", "robust_classifier")  # DiME's {'feat_extract', 'classifier'} file
+QUERY_CLASSIFIER_KINDS = (*CELEBA_FORMAT_KINDS, "steex_classifier")
+
+
+def load_query_classifier(spec: dict, path: str | Path, query_label: int) -> QueryClassifier:
+    """The experiment's classifier as a :class:`QueryClassifier` on [−1,1] images, built from its suite ``models:``
+    entry (``kind``; ``arch`` for the DiME-format kinds) and its checkpoint file (strict, weights-only):
+
+    * ``classifier``, ``robust_classifier`` (or no kind): DiME's ``{'feat_extract', 'classifier'}`` format, 40 CelebA
+      attributes (mini: trained here); the query label is the output index;
+    * ``steex_classifier``: STEEX's decision ``checkpoint.tar`` (:func:`cfx.models.steex.load_steex_classifier`);
+      the query label is mapped to its output (CelebA-HQ: 20/31/39 → 0/1/2,
+      :func:`cfx.models.steex.steex_output_index`).
+
+    ``.query_label`` of the result is the output index (what GCD's proxy and ``get_other_attrs`` index)."""
+    kind = str(spec.get("kind") or "classifier")
+    if kind in CELEBA_FORMAT_KINDS:
+        return QueryClassifier(load_celeba_classifier(path, **spec.get("arch", {})), int(query_label))
+    if kind == "steex_classifier":
+        from cfx.models.steex import load_steex_classifier, steex_output_index
+
+        model = load_steex_classifier(path)
+        return QueryClassifier(model, steex_output_index(query_label, model.classifier.out_features, path))
+    raise ValueError(f"classifier {path}: kind '{kind}' is not a classifier cfx can load (kinds: "
+                     f"{', '.join(QUERY_CLASSIFIER_KINDS)})")

@@ -5,7 +5,9 @@ dime_ace.md §4.4) builds ``InceptionV3([3])`` (pool3, 2048-d), whose ``fid_ince
 ``FID_WEIGHTS_URL`` with ``torch.hub.load_state_dict_from_url``: the file lives in
 ``$TORCH_HOME/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth`` (``torch.hub.get_dir()``). cfx builds the same
 module but reads that file itself with ``torch.load(weights_only=True)`` (torch.hub's loader unpickles
-arbitrary objects) and raises a FileNotFoundError naming the path when it is missing.
+arbitrary objects) and raises a FileNotFoundError naming the path when it is missing. A given ``weights`` file (the
+paper suite's downloaded registry checkpoint ``resources/checkpoints/fid_inception.pth``, the same file) is read
+instead of ``$TORCH_HOME``'s.
 """
 
 from __future__ import annotations
@@ -31,17 +33,26 @@ def fid_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILE
 
 
-def load_fid_inception(device: str | torch.device = "cpu", dims: int = 2048) -> InceptionV3:
+def load_fid_inception(device: str | torch.device = "cpu", dims: int = 2048,
+                       weights: str | Path | None = None) -> InceptionV3:
     """pytorch-fid's ``InceptionV3([block for dims])`` (pool3 for 2048) with the FID weights, in eval mode. Input:
-    [0,1] images of any size (resized bilinearly to 299 and scaled to [−1,1] inside, as pytorch-fid does)."""
+    [0,1] images of any size (resized bilinearly to 299 and scaled to [−1,1] inside, as pytorch-fid does).
+    ``weights``: the weights file to read (default: :func:`fid_weights_path`, pytorch-fid's torch.hub cache)."""
     if dims not in InceptionV3.BLOCK_INDEX_BY_DIM:
         raise ValueError(f"dims must be one of {sorted(InceptionV3.BLOCK_INDEX_BY_DIM)} (pytorch-fid --dims), "
                          f"got {dims}")
-    path = fid_weights_path()
-    if not path.is_file():
-        raise FileNotFoundError(f"pytorch-fid's Inception weights are missing: {path} does not exist. cfx never "
-                                f"downloads them; fetch {FID_WEIGHTS_URL} and put it there (or set TORCH_HOME to a "
-                                f"folder whose hub/checkpoints holds {FID_WEIGHTS_FILE})")
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"pytorch-fid's Inception weights are missing: {path} does not exist. Download "
+                                    f"it (snakemake {path} --config suite=paper, or cfx download fid_inception) or "
+                                    f"put {FID_WEIGHTS_URL} there")
+    else:
+        path = fid_weights_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"pytorch-fid's Inception weights are missing: {path} does not exist. cfx never "
+                                    f"downloads them; fetch {FID_WEIGHTS_URL} and put it there (or set TORCH_HOME to "
+                                    f"a folder whose hub/checkpoints holds {FID_WEIGHTS_FILE})")
 
     def weights_only(url: str, *args, **kwargs) -> dict:
         if url != FID_WEIGHTS_URL:

@@ -12,8 +12,10 @@ from cfx.runtime.download import checkpoint_filename
 from cfx.suite import (
     experiment_methods,
     load_suite,
+    method_network,
     metric_networks,
     network_checkpoint as suite_network_checkpoint,
+    resolved_method_spec,
     section_entry,
     seed_trees,
     table_pairs,
@@ -207,7 +209,17 @@ def gcd_diffae():
 
 
 def gcd_direction_inputs(wildcards):
-    """What GCD's direction search of an experiment reads: the index, the classifier and the DiffAE."""
+    """What GCD's direction search of an experiment reads: the index, the classifier, the DiffAE and, when
+    methods.gcd.lpips names a registry checkpoint (paper: torchvision_vgg16), LPIPS's VGG-16 weights file."""
+    inputs = gcd_network_inputs(wildcards)
+    lpips = method_network(SUITE, "gcd", "lpips")
+    if lpips and lpips["checkpoint"]:
+        inputs["lpips"] = lpips["checkpoint"]
+    return inputs
+
+
+def gcd_network_inputs(wildcards):
+    """The index, the experiment's classifier and GCD's DiffAE."""
     spec = experiment_spec(wildcards)
     return {
         "index": f"results/data/{spec['dataset']}/index.csv",
@@ -217,8 +229,8 @@ def gcd_direction_inputs(wildcards):
 
 
 def gcd_bblig_inputs(wildcards):
-    """BB-LIG reads the direction search's inputs and its chosen direction."""
-    return {**gcd_direction_inputs(wildcards), "direction": f"results/gcd/{wildcards.experiment}/direction.pt"}
+    """BB-LIG reads the classifier, the DiffAE and the chosen direction (no LPIPS)."""
+    return {**gcd_network_inputs(wildcards), "direction": f"results/gcd/{wildcards.experiment}/direction.pt"}
 
 
 def gcd_models(wildcards):
@@ -228,7 +240,8 @@ def gcd_models(wildcards):
 
 
 def gcd_spec(wildcards):
-    return section_entry(SUITE, "methods", "gcd")
+    """GCD's suite entry with its lpips network resolved to a spec (its file is an input: gcd_direction_inputs)."""
+    return resolved_method_spec(SUITE, "gcd")
 
 
 def chunk_manifests(wildcards):
