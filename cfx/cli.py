@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cfx.suite import load_suite, section_entry
+from cfx.suite import load_suite, method_settings, section_entry
 
 REPO_SUITES = Path(__file__).resolve().parent.parent / "workflow" / "suites"
 
@@ -137,7 +137,7 @@ def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, c
         checkpoints["ldm"] = ldm or checkpoint_dir / f"{ldm_name}.pt"
     manifest = manifest or tree / "chunks" / method / f"{chunk}-of-{chunks}.json"
     result = generate_chunk(
-        experiment=exp, method=method, method_spec=section_entry(spec, "methods", method),
+        experiment=exp, method=method, method_spec=method_settings(spec, method, experiment),
         model_specs={n: section_entry(spec, "models", n) for n in names}, index_csv=index_csv,
         checkpoints=checkpoints, chunk=chunk, chunks=chunks, seed=seed, tree_root=tree, manifest_path=manifest,
         device=device, precision=precision, batch_divisor=batch_divisor, compile_unet=compile_unet,
@@ -153,7 +153,7 @@ def gcd() -> None:
 def _gcd_setup(suite: str, scale: str, experiment: str, checkpoint_dir: Path, diffae: Path | None):
     spec = _suite(suite, scale)
     exp = section_entry(spec, "experiments", experiment)
-    method_spec = section_entry(spec, "methods", "gcd")
+    method_spec = method_settings(spec, "gcd", experiment)
     names = [exp["classifier"], method_spec["diffae"]]
     checkpoints = {"classifier": checkpoint_dir / f"{exp['classifier']}.pt",
                    "diffae": diffae or checkpoint_dir / f"{method_spec['diffae']}.pt"}

@@ -12,6 +12,7 @@ from cfx.runtime.download import checkpoint_filename
 from cfx.suite import (
     experiment_methods,
     load_suite,
+    method_settings,
     metric_networks,
     network_checkpoint as suite_network_checkpoint,
     section_entry,
@@ -118,7 +119,8 @@ def experiment_params(wildcards):
 
 
 def method_spec(wildcards):
-    return section_entry(SUITE, "methods", wildcards.method)
+    """The method's settings for the experiment's dataset (methods.<method>.datasets overrides merged in)."""
+    return method_settings(SUITE, wildcards.method, wildcards.experiment)
 
 
 def generation_method_spec(wildcards):
@@ -127,7 +129,7 @@ def generation_method_spec(wildcards):
 
 
 def ace_spec(wildcards):
-    return section_entry(SUITE, "methods", "ace")
+    return method_settings(SUITE, "ace", wildcards.experiment)
 
 
 def postprocess_inputs(wildcards):
@@ -160,8 +162,9 @@ def generate_inputs(wildcards):
     if ddpm:
         inputs["ddpm"] = network_checkpoint(ddpm)
     method = getattr(wildcards, "method", None)
-    perceptual = section_entry(SUITE, "methods", method).get("vgg19_weights") if method else None
-    if perceptual and float(section_entry(SUITE, "methods", method)["config"].get("l_perc", 0.0)) > 0:
+    settings = method_settings(SUITE, method, wildcards.experiment) if method else {}
+    perceptual = settings.get("vgg19_weights")
+    if perceptual and float(settings["config"].get("l_perc", 0.0)) > 0:
         # DiME's perceptual loss reads this file (methods.dime.vgg19_weights): make or download it first
         inputs["vgg19"] = perceptual
     if getattr(wildcards, "method", None) == "gcd":
@@ -228,7 +231,7 @@ def gcd_models(wildcards):
 
 
 def gcd_spec(wildcards):
-    return section_entry(SUITE, "methods", "gcd")
+    return method_settings(SUITE, "gcd", wildcards.experiment)
 
 
 def chunk_manifests(wildcards):
