@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cfx.suite import load_suite, section_entry
+from cfx.suite import load_suite, method_settings, section_entry
 
 REPO_SUITES = Path(__file__).resolve().parent.parent / "workflow" / "suites"
 
@@ -137,7 +137,7 @@ def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, c
         checkpoints["ldm"] = ldm or _checkpoint_file(spec, checkpoint_dir, ldm_name)
     manifest = manifest or tree / "chunks" / method / f"{chunk}-of-{chunks}.json"
     result = generate_chunk(
-        experiment=exp, method=method, method_spec=section_entry(spec, "methods", method),
+        experiment=exp, method=method, method_spec=method_settings(spec, method, experiment),
         model_specs={n: section_entry(spec, "models", n) for n in names}, index_csv=index_csv,
         checkpoints=checkpoints, chunk=chunk, chunks=chunks, seed=seed, tree_root=tree, manifest_path=manifest,
         device=device, precision=precision, batch_divisor=batch_divisor, compile_unet=compile_unet,
@@ -162,7 +162,7 @@ def _gcd_setup(suite: str, scale: str, experiment: str, checkpoint_dir: Path, di
 
     spec = _suite(suite, scale)
     exp = section_entry(spec, "experiments", experiment)
-    method_spec = resolved_method_spec(spec, "gcd")
+    method_spec = resolved_method_spec(spec, "gcd", experiment)
     names = [exp["classifier"], method_spec["diffae"]]
     checkpoints = {"classifier": _checkpoint_file(spec, checkpoint_dir, exp["classifier"]),
                    "diffae": diffae or _checkpoint_file(spec, checkpoint_dir, method_spec["diffae"])}

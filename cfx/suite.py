@@ -117,12 +117,16 @@ def _named_network(suite: dict, name: str) -> dict[str, Any]:
 def metric_networks(suite: dict, metric: str, experiment: str, method: str | None = None) -> dict[str, dict[str, Any]]:
     """Networks of a metric by role: ``{role: {"name", "checkpoint" (or None), "spec"}}``. A string in
     ``metrics.<metric>.networks`` names a ``models:`` entry or a ``checkpoints:`` registry entry (checkpoint:
-    :func:`network_checkpoint`), a mapping is an inline network without checkpoint; COUT's ``classifier`` is the
-    classifier ``method`` explains: its own (``methods.<method>.classifier``, SVCE's robust network) or the
-    experiment's."""
+    :func:`network_checkpoint`), a mapping is an inline network without checkpoint;
+    ``metrics.<metric>.datasets.<the experiment's dataset>.networks`` replaces roles for that dataset (DiME's oracle
+    on CelebA, STEEX's on CelebA-HQ); COUT's ``classifier`` is the classifier ``method`` explains: its own
+    (``methods.<method>.classifier``, SVCE's robust network) or the experiment's."""
     spec = (suite.get("metrics") or {}).get(metric) or {}
+    dataset = ((suite.get("experiments") or {}).get(experiment) or {}).get("dataset")
+    per_dataset = ((spec.get("datasets") or {}).get(dataset) or {}).get("networks") or {}
+    roles = {**(spec.get("networks") or {}), **per_dataset}
     networks: dict[str, dict[str, Any]] = {}
-    for role, value in (spec.get("networks") or {}).items():
+    for role, value in roles.items():
         if isinstance(value, str):
             networks[role] = _named_network(suite, value)
         else:
@@ -147,10 +151,10 @@ def method_network(suite: dict, method: str, key: str) -> dict[str, Any] | None:
     return {"name": f"{method}.{key}", "checkpoint": None, "spec": dict(value)}
 
 
-def resolved_method_spec(suite: dict, method: str) -> dict[str, Any]:
-    """A method's suite entry with its named networks (``lpips``) replaced by their specs, as the cfx steps take
-    them; their files are :func:`method_network`'s ``checkpoint``."""
-    spec = copy.deepcopy(section_entry(suite, "methods", method))
+def resolved_method_spec(suite: dict, method: str, experiment: str | None = None) -> dict[str, Any]:
+    """A method's settings for ``experiment`` (:func:`method_settings`) with its named networks (``lpips``) replaced
+    by their specs, as the cfx steps take them; their files are :func:`method_network`'s ``checkpoint``."""
+    spec = copy.deepcopy(method_settings(suite, method, experiment))
     network = method_network(suite, method, "lpips")
     if network is not None:
         spec["lpips"] = network["spec"]
@@ -175,3 +179,15 @@ def table_pairs(suite: dict, table: str) -> list[tuple[str, str]]:
     """(experiment, method) pairs a table needs."""
     spec = section_entry(suite, "tables", table)
     return [(exp, m) for exp in spec["tasks"].values() for m in spec["methods"]]
+
+
+def method_settings(suite: dict, method: str, experiment: str | None = None) -> dict:
+    """``methods.<method>`` with ``methods.<method>.datasets.<the experiment's dataset>`` deep-merged over it (the
+    upstream script of each method x dataset pair, e.g. ACE's celeba-attack.sh vs celebahq-attack.sh) and the
+    ``datasets`` key itself removed, so one dataset's settings never change another's job parameters."""
+    spec = section_entry(suite, "methods", method)
+    base = {k: v for k, v in spec.items() if k != "datasets"}
+    if experiment is None:
+        return base
+    dataset = section_entry(suite, "experiments", experiment)["dataset"]
+    return deep_merge(base, (spec.get("datasets") or {}).get(dataset) or {})

@@ -1,7 +1,8 @@
-"""The paper suite's table6 (LDCE Table 6, CelebA-HQ smile and age; DiME, ACE, LDCE, GCD) as a dry-run: with a fake
-CelebA-HQ root in the upstream layout the whole DAG is planned from the suite file (index, checkpoint downloads, one
-generation job per experiment, method and chunk, ACE's post-processing, merges, metrics, the table) and no published
-network is trained; without data_roots the run stops saying what to download."""
+"""The paper suite's table catalog as dry-runs: table1 (ACE/DiME Table 1, CelebA 128), table2 (ACE, BDD100k) and
+table6 (LDCE Table 6, CelebA-HQ smile and age; DiME, ACE, LDCE, GCD). With fake data roots in the upstream layouts
+the whole DAG of a table is planned from the suite file (index, checkpoint downloads, one generation job per
+experiment, method and chunk, ACE's post-processing, merges, metrics, the table) and no published network is
+trained; without data_roots the run stops saying what to download."""
 
 import os
 import re
@@ -10,9 +11,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import yaml
+from PIL import Image
 
-from cfx.suite import load_suite, method_network, metric_networks, network_checkpoint
+from cfx.data.synthetic import write_synthetic_celeba
+from cfx.suite import load_suite, method_network, method_settings, metric_networks, network_checkpoint
 from tests.test_layouts import fake_celebahq
 from tests.test_workflow import _copy_workflow
 
@@ -42,9 +46,9 @@ def _plan(text: str) -> tuple[Counter, dict[str, list[str]]]:
     return counts, outputs
 
 
-def _table6_needs(suite: dict, chunks: int) -> dict[str, object]:
-    """What table6 needs, derived from the suite file: (experiment, method) pairs, checkpoints, metric count."""
-    spec = suite["tables"]["table6"]
+def _table_needs(suite: dict, table: str, chunks: int) -> dict[str, object]:
+    """What a table needs, derived from the suite file: (experiment, method) pairs, checkpoints, metric count."""
+    spec = suite["tables"][table]
     experiments = list(spec["tasks"].values())
     pairs = [(e, m) for e in experiments for m in spec["methods"]]
     checkpoints = set()
@@ -60,8 +64,10 @@ def _table6_needs(suite: dict, chunks: int) -> dict[str, object]:
     for method, key in (("ldce", "ldm"), ("gcd", "diffae")):
         if method in spec["methods"]:
             checkpoints.add(network_checkpoint(suite, suite["methods"][method][key]))
-    if "dime" in spec["methods"] and suite["methods"]["dime"]["config"].get("l_perc", 0) > 0:
-        checkpoints.add(suite["methods"]["dime"]["vgg19_weights"])
+    for experiment in experiments:
+        dime = method_settings(suite, "dime", experiment)
+        if "dime" in spec["methods"] and dime["config"].get("l_perc", 0) > 0:
+            checkpoints.add(dime["vgg19_weights"])
     lpips = method_network(suite, "gcd", "lpips") if "gcd" in spec["methods"] else None
     if lpips and lpips["checkpoint"]:  # GCD's direction search reads LPIPS's VGG-16 from the registry file
         checkpoints.add(lpips["checkpoint"])
@@ -72,6 +78,7 @@ def _table6_needs(suite: dict, chunks: int) -> dict[str, object]:
         "merge_chunks": len(pairs),
         "metric": len(pairs) * len(spec["metrics"]),
         "checkpoints": checkpoints,
+        "datasets": {suite["experiments"][e]["dataset"] for e in experiments},
     }
 
 
@@ -92,11 +99,81 @@ def test_paper_models_are_published_checkpoints_and_metrics_use_the_registry():
     assert cout["name"] == "steex_celebahq_classifier" and cout["checkpoint"].endswith(".tar")
     # generation, GCD and COUT load STEEX's 3-output classifier with its own loader (the registry's), not DiME's
     assert cout["spec"]["kind"] == registry["steex_celebahq_classifier"]["loader"] == "steex_classifier"
-    # every published number names its source
-    for task in suite["tables"]["table6"]["published"].values():
-        for method in task.values():
-            for entry in method.values():
-                assert entry["value"] > 0 and "reference/" in entry["source"]
+    # every published number names its source, for a method and a metric the table shows
+    for spec in suite["tables"].values():
+        for task, methods in (spec.get("published") or {}).items():
+            assert task in spec["tasks"]
+            for method, entries in methods.items():
+                assert method in spec["methods"]
+                for metric, entry in entries.items():
+                    assert metric in spec["metrics"]
+                    assert entry["value"] > 0 and "reference/" in entry["source"]
+    # the catalog names each paper's own table
+    for name, spec in suite["tables"].items():
+        assert re.fullmatch(r"table\d+", name) and "table" in spec["paper"].lower(), name
+
+
+def test_method_and_metric_settings_per_dataset():
+    """ACE runs each dataset with its own script's settings (reference/dime_ace.md §2.7); MNAC and CD read the
+    dataset's oracle (DiME's on CelebA 128, STEEX's on CelebA-HQ)."""
+    suite = load_suite(PAPER)
+    expected = {  # experiment: (respacing, batch, filter fraction, inpaint); K = fraction * respacing = 5
+        "celeba_smile": ("50", 3, 0.1, 0.15),
+        "celebahq_smile": ("25", 1, 0.2, 0.15),
+        "bdd100k_forward": ("100", 1, 0.05, 0.05),
+    }
+    for experiment, (respacing, batch, fraction, inpaint) in expected.items():
+        ace = method_settings(suite, "ace", experiment)
+        assert "datasets" not in ace
+        assert (ace["timestep_respacing"], ace["batch_size"]) == (respacing, batch)
+        assert ace["config"]["sampling_time_fraction"] == ace["postprocess"]["sampling_time_fraction"] == fraction
+        assert round(fraction * int(respacing)) == 5
+        assert ace["postprocess"]["sampling_inpaint"] == inpaint
+        assert ace["config"]["attack_iterations"] == 50 and ace["config"]["dist_l1"] == 0.001
+    assert method_settings(suite, "dime", "celeba_smile") == method_settings(suite, "dime", "celebahq_smile")
+    for metric in ("mnac", "cd"):
+        assert metric_networks(suite, metric, "celeba_young")["oracle"]["name"] == "dime_celeba_oracle"
+        assert metric_networks(suite, metric, "celeba_young")["oracle"]["spec"] == {"kind": "celeba_oracle"}
+        assert metric_networks(suite, metric, "celebahq_young")["oracle"]["name"] == "steex_celebahq_oracle"
+    assert metric_networks(suite, "cout", "celeba_smile", "ace")["classifier"]["name"] == "dime_celeba_classifier"
+    assert metric_networks(suite, "cout", "bdd100k_forward", "ace")["classifier"]["name"] == "steex_bdd_classifier"
+
+
+def _fake_roots(root: Path) -> dict[str, Path]:
+    """Tiny data roots in the upstream layouts of CelebA (Kaggle CSVs) and BDD100k (images/100k/val)."""
+    write_synthetic_celeba(root / "celeba", n_identities=2, images_per_identity=2, image_size=32, seed=0)
+    (root / "bdd" / "images" / "100k" / "val").mkdir(parents=True)
+    for k in range(3):
+        Image.new("RGB", (16, 8)).save(root / "bdd" / "images" / "100k" / "val" / f"b{k}.jpg")
+    return {"celeba": root / "celeba", "bdd100k": root / "bdd"}
+
+
+@pytest.mark.parametrize("table", ["table1", "table2"])
+def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
+    wf = _copy_workflow(tmp_path)
+    roots = _fake_roots(tmp_path / "data")
+    result = _snakemake(["-n", "--config", "suite=paper",
+                         "data_roots={" + ", ".join(f"{k}: {v}" for k, v in roots.items()) + "}",
+                         "--", f"results/tables/{table}.csv"], wf)
+    assert result.returncode == 0, result.stderr
+    counts, outputs = _plan(result.stdout + result.stderr)
+    chunks = int(yaml.safe_load((wf / "config.yaml").read_text())["chunks"])
+    needs = _table_needs(load_suite(wf / "workflow" / "suites" / "paper.yaml"), table, chunks)
+    assert counts["index_dataset"] == len(needs["datasets"])
+    assert set(outputs["index_dataset"]) == {f"results/data/{d}/index.csv" for d in needs["datasets"]}
+    assert "train_model" not in counts, "a published network must be downloaded, never trained"
+    assert set(outputs["download_checkpoint"]) == needs["checkpoints"]
+    assert counts["download_checkpoint"] == len(needs["checkpoints"])
+    assert set(outputs["generate"]) == needs["generate"] and counts["generate"] == len(needs["generate"])
+    assert counts["ace_postprocess"] == needs["ace_postprocess"]
+    assert counts["merge_chunks"] == needs["merge_chunks"]
+    assert counts["metric"] == needs["metric"]
+    assert outputs["table"] == [f"results/tables/{table}.{ext}" for ext in ("csv", "md", "tex")]
+    # as the tables read today: table1 = 2 tasks x (DiME, ACE) x 8 metrics on DiME's CelebA networks (DDPM,
+    # classifier, oracle), VGGFace2, Inception and VGG-19; table2 = ACE on BDD100k x 4 metrics (DDPM, classifier,
+    # Inception)
+    sizes = {"table1": (6, 4, 32), "table2": (3, 1, 4)}[table]
+    assert (len(needs["checkpoints"]), needs["merge_chunks"], needs["metric"]) == sizes
 
 
 def test_table6_dry_run_plans_the_whole_table(tmp_path):
@@ -107,7 +184,7 @@ def test_table6_dry_run_plans_the_whole_table(tmp_path):
     assert result.returncode == 0, result.stderr
     counts, outputs = _plan(result.stdout + result.stderr)
     chunks = int(yaml.safe_load((wf / "config.yaml").read_text())["chunks"])
-    needs = _table6_needs(load_suite(wf / "workflow" / "suites" / "paper.yaml"), chunks)
+    needs = _table_needs(load_suite(wf / "workflow" / "suites" / "paper.yaml"), "table6", chunks)
     assert counts["index_dataset"] == 1
     assert "train_model" not in counts, "a published network must be downloaded, never trained"
     assert set(outputs["download_checkpoint"]) == needs["checkpoints"]

@@ -13,6 +13,7 @@ from cfx.suite import (
     experiment_methods,
     load_suite,
     method_network,
+    method_settings,
     metric_networks,
     network_checkpoint as suite_network_checkpoint,
     resolved_method_spec,
@@ -120,7 +121,8 @@ def experiment_params(wildcards):
 
 
 def method_spec(wildcards):
-    return section_entry(SUITE, "methods", wildcards.method)
+    """The method's settings for the experiment's dataset (methods.<method>.datasets overrides merged in)."""
+    return method_settings(SUITE, wildcards.method, wildcards.experiment)
 
 
 def generation_method_spec(wildcards):
@@ -129,7 +131,7 @@ def generation_method_spec(wildcards):
 
 
 def ace_spec(wildcards):
-    return section_entry(SUITE, "methods", "ace")
+    return method_settings(SUITE, "ace", wildcards.experiment)
 
 
 def postprocess_inputs(wildcards):
@@ -162,8 +164,9 @@ def generate_inputs(wildcards):
     if ddpm:
         inputs["ddpm"] = network_checkpoint(ddpm)
     method = getattr(wildcards, "method", None)
-    perceptual = section_entry(SUITE, "methods", method).get("vgg19_weights") if method else None
-    if perceptual and float(section_entry(SUITE, "methods", method)["config"].get("l_perc", 0.0)) > 0:
+    settings = method_settings(SUITE, method, wildcards.experiment) if method else {}
+    perceptual = settings.get("vgg19_weights")
+    if perceptual and float(settings["config"].get("l_perc", 0.0)) > 0:
         # DiME's perceptual loss reads this file (methods.dime.vgg19_weights): make or download it first
         inputs["vgg19"] = perceptual
     if getattr(wildcards, "method", None) == "gcd":
@@ -241,7 +244,7 @@ def gcd_models(wildcards):
 
 def gcd_spec(wildcards):
     """GCD's suite entry with its lpips network resolved to a spec (its file is an input: gcd_direction_inputs)."""
-    return resolved_method_spec(SUITE, "gcd")
+    return resolved_method_spec(SUITE, "gcd", wildcards.experiment)
 
 
 def chunk_manifests(wildcards):
