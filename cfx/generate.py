@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from cfx.data.celeba import CelebADataset
+from cfx.data.celeba_dataset import CelebADataset
 from cfx.io.images import save_image_atomic
 from cfx.io.tree import OutputTree, read_info, write_dime_summary
 from cfx.methods import GENERATED_RESULTS, OUTPUT_FORMAT, get_method, uses_ddpm

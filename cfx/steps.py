@@ -128,7 +128,7 @@ def gcd_direction(*, experiment: dict[str, Any], method_spec: dict[str, Any], mo
     (``directions.pt`` next to it) and a JSON record of the search (``search.json``)."""
     import json
 
-    from cfx.data.celeba import CelebADataset
+    from cfx.data.celeba_dataset import CelebADataset
     from cfx.generate import dataset_root_from_index, experiment_images
     from cfx.methods.gcd import Scorer, save_direction, search_directions
     from cfx.runtime.checkpoints import save_checkpoint_atomic
@@ -176,7 +176,7 @@ def gcd_bblig(*, experiment: dict[str, Any], method_spec: dict[str, Any], model_
     direction (checkpoint ``direction``): ``{out_dir}/{stem}.npz`` + ``.png`` each, and ``summary.json``."""
     import json
 
-    from cfx.data.celeba import CelebADataset
+    from cfx.data.celeba_dataset import CelebADataset
     from cfx.generate import dataset_root_from_index, experiment_images
     from cfx.methods.gcd import DEFAULTS, bblig, load_direction, save_bblig
 

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cfx.data.celeba import CELEBA_ATTRIBUTES, CelebADataset
+from cfx.data.celeba import CELEBA_ATTRIBUTES
+from cfx.data.celeba_dataset import CelebADataset
 from cfx.runtime.checkpoints import save_checkpoint_atomic
 from cfx.runtime.device import select_device
 
@@ -330,7 +331,7 @@ def train_identity(data_root: Path, out_path: Path, *, arch: dict, steps: int, b
     """Train the mini identity network: the oracle architecture as a classifier over the train split's
     identities (cross-entropy). Its features stand in for VGGFace2's in FVA and FS; evaluated on the val split,
     whose identities it never saw, by verification accuracy (same identity ⇔ cosine > 0.5, balanced pairs)."""
-    from cfx.data.celeba import CelebADataset
+    from cfx.data.celeba_dataset import CelebADataset
     from cfx.models.oracle import AttributeOracle, save_oracle
 
     started = time.time()

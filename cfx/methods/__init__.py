@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # annotations only: the workflow imports this module while planning, without torch
+    import torch
 
 METHODS = {"dime": "cfx.methods.dime", "ace": "cfx.methods.ace", "svce": "cfx.methods.svce", "gcd": "cfx.methods.gcd",
            "ldce": "cfx.methods.ldce"}
