@@ -43,6 +43,16 @@ def load_split(data_root: Path, split: str, image_size: int) -> tuple[torch.Tens
 
 
 @torch.no_grad()
+def _optimisation_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, losses: list[float], bar: Any) -> None:
+    """One step of every training loop here: gradients of ``loss``, the optimiser's update, the loss recorded in
+    ``losses`` and shown on the progress bar."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    losses.append(loss.item())
+    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+
+
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema ← decay·ema + (1 − decay)·model, parameter by parameter (guided-diffusion ``update_ema``)."""
     for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
@@ -115,13 +125,9 @@ def train_ddpm(data_root: Path, out_path: Path, *, model_flags: dict, diffusion_
         t = torch.randint(t_max, (batch_size,), generator=generator).to(dev)
         noise = torch.randn(x.shape, generator=generator).to(dev)
         loss = diffusion.training_losses(model, x, t, noise=noise)["loss"].mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _optimisation_step(optimizer, loss, losses, bar)
         if ema is not None:
             _ema_update(ema, model, ema_decay)
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
     train_seconds = time.time() - loop_started
     final = (ema if ema is not None else model).cpu().state_dict()
     save_checkpoint_atomic(final, out_path)
@@ -179,13 +185,9 @@ def train_diffae(data_root: Path, out_path: Path, *, flags: dict, steps: int, ba
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         loss = (model(x_t, t, model.encode(x0)) - noise).pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _optimisation_step(optimizer, loss, losses, bar)
         if ema is not None:
             _ema_update(ema, model, ema_decay)
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
     train_seconds = time.time() - loop_started
     ckpt = lightning_checkpoint(model.cpu())
     if ema is not None:
@@ -246,11 +248,7 @@ def _train_attribute_net(model: torch.nn.Module, kind: str, data_root: Path, out
         if adv and step >= clean_steps:
             x = pgd_l2(model, x, attrs[idx].to(dev), **adv)
         loss = F.binary_cross_entropy_with_logits(model(x), attrs[idx].to(dev))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        _optimisation_step(optimizer, loss, losses, bar)
     train_seconds = time.time() - loop_started
     model.eval()
     with torch.no_grad():
@@ -357,11 +355,7 @@ def train_identity(data_root: Path, out_path: Path, *, arch: dict, steps: int, b
         idx = torch.randint(len(images), (batch_size,), generator=generator)
         x = _random_flip(images[idx], generator).to(dev)
         loss = F.cross_entropy(model(x), targets[idx].to(dev))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        _optimisation_step(optimizer, loss, losses, bar)
     train_seconds = time.time() - loop_started
     model.eval()
     val_images, val_ids = splits["val"]
@@ -459,11 +453,7 @@ def train_ldm(data_root: Path, out_path: Path, *, config: dict, classes: dict, a
         posterior = first_stage.encode(x)
         rec = first_stage.decode(posterior.sample())
         loss = (rec - x).abs().mean() + kl_weight * posterior.kl().mean() / x[0].numel()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ae_losses.append(loss.item())
-        bar.set_postfix(loss=f"{ae_losses[-1]:.4f}")
+        _optimisation_step(opt, loss, ae_losses, bar)
     ae_seconds = time.time() - ae_started
     first_stage.eval().requires_grad_(False)
     with torch.no_grad():
@@ -498,11 +488,7 @@ def train_ldm(data_root: Path, out_path: Path, *, config: dict, classes: dict, a
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         z_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
         loss = F.mse_loss(ldm.apply_model(z_t, t, ldm.get_learned_conditioning(labels.to(dev))), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        _optimisation_step(opt, loss, losses, bar)
     dm_seconds = time.time() - dm_started
     save_ldm_checkpoint(ldm.cpu().eval(), out_path, global_step=ae_steps + steps)
     log = {"kind": "ldm", "seed": seed, "classes": {str(k): v for k, v in classes.items()},

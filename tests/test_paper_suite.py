@@ -82,6 +82,18 @@ def _table_needs(suite: dict, table: str, chunks: int) -> dict[str, object]:
     }
 
 
+def _assert_plan_has_every_job(counts: Counter, outputs: dict[str, list[str]], needs: dict[str, object]) -> None:
+    """The dry-run plans what the suite file says a table needs: every download (and no training), every
+    generation chunk, ACE's post-processing, one merge per (task, method) and every metric."""
+    assert "train_model" not in counts, "a published network must be downloaded, never trained"
+    assert set(outputs["download_checkpoint"]) == needs["checkpoints"]
+    assert counts["download_checkpoint"] == len(needs["checkpoints"])
+    assert set(outputs["generate"]) == needs["generate"] and counts["generate"] == len(needs["generate"])
+    assert counts["ace_postprocess"] == needs["ace_postprocess"]
+    assert counts["merge_chunks"] == needs["merge_chunks"]
+    assert counts["metric"] == needs["metric"]
+
+
 def test_paper_models_are_published_checkpoints_and_metrics_use_the_registry():
     suite = load_suite(PAPER)
     registry = suite["checkpoints"]
@@ -161,13 +173,7 @@ def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     needs = _table_needs(load_suite(wf / "workflow" / "suites" / "paper.yaml"), table, chunks)
     assert counts["index_dataset"] == len(needs["datasets"])
     assert set(outputs["index_dataset"]) == {f"results/data/{d}/index.csv" for d in needs["datasets"]}
-    assert "train_model" not in counts, "a published network must be downloaded, never trained"
-    assert set(outputs["download_checkpoint"]) == needs["checkpoints"]
-    assert counts["download_checkpoint"] == len(needs["checkpoints"])
-    assert set(outputs["generate"]) == needs["generate"] and counts["generate"] == len(needs["generate"])
-    assert counts["ace_postprocess"] == needs["ace_postprocess"]
-    assert counts["merge_chunks"] == needs["merge_chunks"]
-    assert counts["metric"] == needs["metric"]
+    _assert_plan_has_every_job(counts, outputs, needs)
     assert outputs["table"] == [f"results/tables/{table}.{ext}" for ext in ("csv", "md", "tex")]
     # as the tables read today: table1 = 2 tasks x (DiME, ACE) x 8 metrics on DiME's CelebA networks (DDPM,
     # classifier, oracle), VGGFace2, Inception and VGG-19; table2 = ACE on BDD100k x 4 metrics (DDPM, classifier,
@@ -186,13 +192,7 @@ def test_table6_dry_run_plans_the_whole_table(tmp_path):
     chunks = int(yaml.safe_load((wf / "config.yaml").read_text())["chunks"])
     needs = _table_needs(load_suite(wf / "workflow" / "suites" / "paper.yaml"), "table6", chunks)
     assert counts["index_dataset"] == 1
-    assert "train_model" not in counts, "a published network must be downloaded, never trained"
-    assert set(outputs["download_checkpoint"]) == needs["checkpoints"]
-    assert counts["download_checkpoint"] == len(needs["checkpoints"])
-    assert set(outputs["generate"]) == needs["generate"] and counts["generate"] == len(needs["generate"])
-    assert counts["ace_postprocess"] == needs["ace_postprocess"]
-    assert counts["merge_chunks"] == needs["merge_chunks"]
-    assert counts["metric"] == needs["metric"]
+    _assert_plan_has_every_job(counts, outputs, needs)
     assert counts["gcd_direction"] == len(needs["experiments"])  # one direction search per task
     assert outputs["table"] == ["results/tables/table6.csv", "results/tables/table6.md", "results/tables/table6.tex"]
     # table6 as it reads today (the other numbers follow from the suite file): 9 checkpoints (with GCD's LPIPS VGG-16
