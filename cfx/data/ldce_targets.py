@@ -1,0 +1,171 @@
+"""LDCE's target classes on ImageNet (reference/ldce_gcd_svce.md §1.5).
+
+* Per-image targets: upstream's ``data/image_idx_to_tgt.yaml`` maps each of the 50 000 val images, by its position
+  in ``torchvision.datasets.ImageFolder`` order (class folders sorted by wnid, files sorted by name), to one target
+  class. Every target is one of the 4 classes ``data/synset_closest_idx.yaml`` lists for the image's class (WordNet
+  Leacock–Chodorow nearest classes, ``scripts/creating_similarity.py``); this was checked on the pinned files: 50 000
+  of 50 000. Without the per-image list upstream draws ``random.choice(synset_closest_idx[label])``
+  (:func:`closest_class_target`).
+* Class pairs (``ImageNetSelect``, configs v1_zs, v1_cc, v1_ep): zebra 340 ↔ sorrel 339, cheetah 293 ↔ cougar 286,
+  Egyptian cat 285 ↔ Persian cat 283 (:data:`IMAGENET_CLASS_PAIRS`).
+* Upstream re-interleaves the val set (``data/datasets.py:ImageNet``): the concatenation over k = 0…49 of
+  ``samples[k::50]``, so each block of 1000 holds one image per class and the unique id u of an image is
+  ``k·1000 + class`` (:func:`ldce_unique_id`); ``start_sample``/``end_sample`` count in thousands of those ids.
+
+The two YAML files are a versioned resource (:data:`LDCE_TARGET_FILES`: URL at lmb-freiburg/ldce commit 6519597 and
+sha256), downloaded by :func:`fetch_ldce_target_files` and checked by :func:`verify_ldce_target_files`; they are not
+shipped with cfx.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+from cfx.runtime.download import download, sha256_file
+
+_BASE = "https://raw.githubusercontent.com/lmb-freiburg/ldce/65195978cf84ac56a492fa4f93bc14e42d304cb3/data"
+# name -> (url, sha256): the target files LDCE ships (lmb-freiburg/ldce commit 6519597, 2023-12-20)
+LDCE_TARGET_FILES: dict[str, tuple[str, str]] = {
+    "image_idx_to_tgt.yaml": (f"{_BASE}/image_idx_to_tgt.yaml",
+                              "0511cb425515f6bbdd9834485df310bc47fec728692de9d10e35d8b666c448c9"),
+    "synset_closest_idx.yaml": (f"{_BASE}/synset_closest_idx.yaml",
+                                "173ce6247c1df1084066271d936c174949519f11ce3a22685abf64dffc43b408"),
+}
+LDCE_DATA_VERSION = "ldce@6519597 data/"
+IMAGENET_CLASSES = 1000
+IMAGENET_VAL_PER_CLASS = 50
+# config name -> (class a, class b); each is the other's target
+IMAGENET_CLASS_PAIRS: dict[str, tuple[int, int]] = {
+    "zebra_sorrel": (340, 339),  # v1_zs
+    "cheetah_cougar": (293, 286),  # v1_cc
+    "egyptian_persian": (285, 283),  # v1_ep
+}
+
+
+def verify_ldce_target_files(folder: str | Path) -> Path:
+    """Check that ``folder`` holds both target files with their pinned sha256; errors name the file and its URL."""
+    folder = Path(folder)
+    for name, (url, sha) in LDCE_TARGET_FILES.items():
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"LDCE target file {path} is missing: download {url} there "
+                                    f"(or call cfx.data.ldce_targets.fetch_ldce_target_files('{folder}'))")
+        actual = sha256_file(path)
+        if actual != sha:
+            raise ValueError(f"{path} has sha256 {actual}, expected {sha} ({LDCE_DATA_VERSION}): re-download {url}")
+    return folder
+
+
+def fetch_ldce_target_files(folder: str | Path, timeout: float = 60.0) -> Path:
+    """Download the missing target files into ``folder`` (atomic, sha256-checked, retried) and verify both."""
+    folder = Path(folder)
+    for name, (url, sha) in LDCE_TARGET_FILES.items():
+        path = folder / name
+        if not (path.is_file() and sha256_file(path) == sha):
+            download(url, path, sha256=sha, timeout=timeout)
+    return verify_ldce_target_files(folder)
+
+
+def _read_yaml(path: Path, what: str):
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{what} {path} does not exist (cfx.data.ldce_targets.fetch_ldce_target_files "
+                                f"downloads it)") from err
+    except yaml.YAMLError as err:
+        raise ValueError(f"{what} {path} is not valid YAML ({err}); re-download it") from err
+
+
+def _class_number(value: object, path: Path, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < IMAGENET_CLASSES:
+        raise ValueError(f"{path}: {where} is {value!r}, not an ImageNet class number 0..{IMAGENET_CLASSES - 1}")
+    return value
+
+
+def read_image_targets(path: str | Path) -> list[int]:
+    """``image_idx_to_tgt.yaml``: the target class of every val image by ImageFolder position (``{0: t0, 1: t1, …}``
+    or a list, as upstream accepts both). Errors name the file and the entry."""
+    path = Path(path)
+    data = _read_yaml(path, "LDCE per-image target list")
+    if isinstance(data, dict):
+        missing = [i for i in range(len(data)) if i not in data]
+        if missing:
+            raise ValueError(f"{path}: image positions must be 0..{len(data) - 1}; {missing[:3]} are missing")
+        data = [data[i] for i in range(len(data))]
+    if not isinstance(data, list):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a mapping image position -> target class")
+    return [_class_number(t, path, f"the target of image {i}") for i, t in enumerate(data)]
+
+
+def read_closest_classes(path: str | Path) -> dict[int, list[int]]:
+    """``synset_closest_idx.yaml``: for each ImageNet class, its nearest other classes (4 in the shipped file)."""
+    path = Path(path)
+    data = _read_yaml(path, "LDCE closest-class list")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a mapping class -> closest classes")
+    closest = {}
+    for label, classes in data.items():
+        label = _class_number(label, path, "a class key")
+        if not isinstance(classes, list) or not classes:
+            raise ValueError(f"{path}: class {label} has no list of closest classes")
+        closest[label] = [_class_number(c, path, f"a closest class of {label}") for c in classes]
+    return closest
+
+
+def imagefolder_positions(relative_paths: Sequence[str]) -> list[int]:
+    """Each image's position in ImageFolder order (``<wnid>/<file>`` sorted by wnid, then by file name) — the index
+    of ``image_idx_to_tgt.yaml``. ``relative_paths`` are the val images as ``<wnid>/<file>``; all 50 000 are needed
+    for positions that match upstream's list."""
+    keys = []
+    for rel in relative_paths:
+        parts = PurePosixPath(str(rel)).parts
+        if len(parts) < 2:
+            raise ValueError(f"image path {rel!r} is not <wnid>/<file> (ImageNet val in class folders)")
+        keys.append((parts[-2], parts[-1]))
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    positions = [0] * len(keys)
+    for position, i in enumerate(order):
+        positions[i] = position
+    return positions
+
+
+def ldce_unique_id(position: int, per_class: int = IMAGENET_VAL_PER_CLASS) -> int:
+    """The unique id LDCE gives the image at ImageFolder ``position`` after re-interleaving the val set: the k-th
+    image of class c (position c·50 + k) has id k·1000 + c (``data/datasets.py:ImageNet``, every class has 50)."""
+    cls, k = divmod(int(position), per_class)
+    return k * IMAGENET_CLASSES + cls
+
+
+def image_target(position: int, targets: Sequence[int], label: int | None = None,
+                 closest: dict[int, list[int]] | None = None) -> int:
+    """The per-image target of the image at ImageFolder ``position``; with ``label`` and ``closest`` also checks that
+    it is one of the class's closest classes, as upstream's list satisfies (an error names both)."""
+    if not 0 <= position < len(targets):
+        raise IndexError(f"image position {position} is outside the target list (0..{len(targets) - 1}): the list "
+                         f"indexes all {len(targets)} val images in ImageFolder order")
+    target = int(targets[position])
+    if label is not None and closest is not None and target not in closest.get(int(label), []):
+        raise ValueError(f"the target {target} of image {position} is not among the closest classes "
+                         f"{closest.get(int(label))} of its class {label}: is the image order ImageFolder's?")
+    return target
+
+
+def closest_class_target(label: int, closest: dict[int, list[int]], rng: random.Random) -> int:
+    """Upstream's fallback without a per-image list: ``random.choice(synset_closest_idx[label])`` (seeded ``rng``)."""
+    if int(label) not in closest:
+        raise KeyError(f"class {label} has no closest classes in the list ({len(closest)} classes)")
+    return rng.choice(closest[int(label)])
+
+
+def pair_target(label: int, pair: str) -> int:
+    """The other class of an ImageNet class pair (:data:`IMAGENET_CLASS_PAIRS`); a label outside it is an error."""
+    if pair not in IMAGENET_CLASS_PAIRS:
+        raise KeyError(f"unknown class pair '{pair}'; known: {', '.join(IMAGENET_CLASS_PAIRS)}")
+    a, b = IMAGENET_CLASS_PAIRS[pair]
+    if int(label) not in (a, b):
+        raise ValueError(f"class {label} is not in the pair {pair} ({a} <-> {b})")
+    return b if int(label) == a else a
