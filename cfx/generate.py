@@ -172,6 +172,20 @@ def _atomic_json(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def checkpoint_identities(checkpoints: dict[str, Path]) -> dict[str, dict[str, Any] | None]:
+    """Per role the file name, size and modification time of each checkpoint (a retrained or re-downloaded network
+    gets a new time): part of a chunk's settings record, cheap where a sha256 of a multi-GB file is not."""
+    identities: dict[str, dict[str, Any] | None] = {}
+    for role, path in sorted(checkpoints.items()):
+        try:
+            stat = Path(path).stat()
+        except (FileNotFoundError, TypeError):
+            identities[role] = None
+            continue
+        identities[role] = {"file": Path(path).name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return identities
+
+
 def generate_chunk(
     *,
     experiment: dict[str, Any],
@@ -211,9 +225,22 @@ def generate_chunk(
     variant_names = list(getattr(module, "variant_names", lambda config: [])(method_spec["config"]))
     variants = {name: OutputTree(Path(tree_root), f"{GENERATED_RESULTS[method]}/{name}", ext=tree.ext,
                                  info_format=info_format) for name in variant_names}
+    # what the images depend on; a rerun with anything else (Snakemake reruns the job for changed params, inputs or
+    # code) regenerates the chunk instead of keeping images made with the old settings
+    signature = {"method": method, "seed": seed, "precision": precision,
+                 "settings": {k: v for k, v in method_spec.items() if k != "batch_size"},
+                 "experiment": {k: v for k, v in experiment.items() if k != "max_images"},
+                 "checkpoints": checkpoint_identities(checkpoints)}
+    stems = [tree.stem(i) for i in positions]
+    for writer in (tree, *variants.values()):
+        writer.prepare()
+        sidecar = writer.results_dir / f".params-{chunk}-of-{chunks}.json"
+        had_record = sidecar.exists()
+        if writer.settings_changed(sidecar, signature, stems) and had_record and writer is tree:
+            log.info("chunk %d/%d: settings, seed or networks differ from the last run; its images are regenerated",
+                     chunk, chunks)
     done = tree.completed_stems()
     for variant in variants.values():
-        variant.prepare()
         done &= variant.completed_stems()
     todo = [i for i in positions if tree.stem(i) not in done]
     for writer in (tree, *variants.values()):

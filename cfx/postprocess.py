@@ -17,23 +17,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cfx.generate import _atomic_json, divided_batch_size, load_generation_models
+from cfx.generate import _atomic_json, checkpoint_identities, divided_batch_size, load_generation_models
 from cfx.io.images import load_image
-from cfx.io.tree import LEAVES, SUBSETS, OutputTree, read_info
+from cfx.io.tree import OutputTree, read_info
 from cfx.methods import EVALUATED_RESULTS, GENERATED_RESULTS
 from cfx.methods.ace import postprocess
 from cfx.runtime.device import select_device, set_threads
 from cfx.runtime.seeding import image_generators
 
 log = logging.getLogger(__name__)
-
-
-def _forget(tree: OutputTree, stems: list[str]) -> None:
-    for subset in SUBSETS:
-        for leaf in LEAVES:
-            for stem in stems:
-                for path in (tree.results_dir / subset / leaf).glob(f"{stem}.*"):
-                    path.unlink()
 
 
 def postprocess_chunk(
@@ -63,11 +55,16 @@ def postprocess_chunk(
     pre_tree = OutputTree(Path(tree_root), GENERATED_RESULTS["ace"], ext="png", info_format="ace")
     tree = OutputTree(Path(tree_root), EVALUATED_RESULTS["ace"], ext="png", info_format="ace")
     tree.prepare()
-    signature = {"postprocess": config, "seed": seed, "timestep_respacing": method_spec.get("timestep_respacing")}
+    # the explanations depend on the post-processing settings, the attack's pre-explanations (a rerun of the attack
+    # makes new ones) and the networks: any change regenerates the chunk's explanations
+    signature = {"postprocess": config, "seed": seed, "timestep_respacing": method_spec.get("timestep_respacing"),
+                 "precision": precision, "attack_records": pre["records"],
+                 "checkpoints": checkpoint_identities(checkpoints)}
     sidecar = tree.results_dir / f".params-{pre['chunk']}-of-{pre['chunks']}.json"
-    if not sidecar.exists() or json.loads(sidecar.read_text()) != signature:
-        _forget(tree, stems)
-        _atomic_json(signature, sidecar)
+    had_record = sidecar.exists()
+    if tree.settings_changed(sidecar, signature, stems) and had_record:
+        log.info("ACE post-processing chunk %s: new settings, attack or networks; the chunk is regenerated",
+                 pre["chunk"])
     done = tree.completed_stems()
     todo = [s for s in stems if s not in done]
     if todo:

@@ -179,3 +179,23 @@ def test_generate_rule_retries_an_oom_with_half_the_batch(tmp_path):
     assert "batch_divisor=2" in output
     manifest = json.loads((tmp_path / target).read_text())
     assert manifest["batch_size"] == 2 and manifest["n"] == 3
+
+
+def test_rerun_with_other_settings_or_networks_regenerates_the_chunk_and_a_resume_keeps_it(setup, tmp_path):
+    """Snakemake reruns a generation job when its params or inputs change, but the images of the old run are not
+    declared outputs: the chunk's settings record makes the rerun regenerate them instead of keeping stale ones."""
+    kwargs = _kwargs(setup, tmp_path / "tree")
+    first = generate_chunk(**kwargs)
+    assert first["generated_now"] == 6
+    assert generate_chunk(**kwargs)["generated_now"] == 0  # same settings (a killed job's rerun): resumed
+    assert generate_chunk(**{**kwargs, "method_spec": {**kwargs["method_spec"], "batch_size": 3}})[
+        "generated_now"] == 0  # the batch size changes no image (per-image generators)
+    other = {**kwargs["method_spec"], "config": {**kwargs["method_spec"]["config"], "classifier_scales": [15]}}
+    assert generate_chunk(**{**kwargs, "method_spec": other})["generated_now"] == 6
+    retrained = tmp_path / "ddpm.pt"  # same weights, a new file: a retrained or re-downloaded network
+    shutil.copy(setup / "ddpm.pt", retrained)
+    rerun = generate_chunk(**{**kwargs, "method_spec": other,
+                              "checkpoints": {**kwargs["checkpoints"], "ddpm": retrained}})
+    assert rerun["generated_now"] == 6
+    infos = list((tmp_path / "tree" / "Results" / "dime").glob("*/*/Info/*.txt"))
+    assert len(infos) == 6  # no stale copies in other subsets

@@ -10,6 +10,7 @@ file exists is complete: that is what a rerun skips.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,6 +128,34 @@ class OutputTree:
                 if name in originals and all((folder / leaf / name).exists() for leaf in ("CF", "Noise", "SM")):
                     done.add(info.stem)
         return done
+
+    def forget(self, stems: list[str]) -> None:
+        """Delete the instances of ``stems`` in this method's folders (CF, Noise, SM and Info of every subset), so
+        that a run made with other settings regenerates them instead of skipping them."""
+        for subset, leaf in itertools.product(SUBSETS, LEAVES):
+            for stem in stems:
+                for path in (self.results_dir / subset / leaf).glob(f"{stem}.*"):
+                    path.unlink()
+
+    def settings_changed(self, sidecar: Path, signature: dict[str, Any], stems: list[str]) -> bool:
+        """Whether the instances of ``stems`` were made with settings other than ``signature`` (the method's
+        settings, seed, precision, the identity of the checkpoints...): the record ``sidecar`` (next to the results,
+        outside the workflow's declared outputs, so a rerun that Snakemake starts for changed params or inputs still
+        finds it) is missing or differs. Then those instances are forgotten and the new record is written; a killed
+        job rerun with the same settings keeps its finished images. Keys are compared as JSON (string keys)."""
+        signature = json.loads(json.dumps(signature, sort_keys=True, default=str))
+        sidecar = Path(sidecar)
+        try:
+            changed = json.loads(sidecar.read_text()) != signature
+        except (FileNotFoundError, json.JSONDecodeError):
+            changed = True
+        if changed:
+            self.forget(stems)
+            sidecar.parent.mkdir(parents=True, exist_ok=True)
+            tmp = sidecar.with_name(f".{sidecar.name}.tmp{os.getpid()}")
+            tmp.write_text(json.dumps(signature, sort_keys=True, indent=1))
+            os.replace(tmp, sidecar)
+        return changed
 
     def write_instance(self, stem: str, *, original: torch.Tensor, cf: torch.Tensor, noise: torch.Tensor,
                        label: int, pred: int, target: int, cf_pred: int, info: dict[str, Any],
