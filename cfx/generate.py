@@ -172,6 +172,11 @@ def _atomic_json(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _device_type(device: str) -> str:
+    """``cuda`` or ``cpu``, as :func:`cfx.runtime.device.select_device` would choose, without leasing a GPU."""
+    return "cuda" if str(device) != "cpu" and torch.cuda.is_available() else "cpu"
+
+
 def checkpoint_identities(checkpoints: dict[str, Path]) -> dict[str, dict[str, Any] | None]:
     """Per role the file name, size and modification time of each checkpoint (a retrained or re-downloaded network
     gets a new time): part of a chunk's settings record, cheap where a sha256 of a multi-GB file is not."""
@@ -227,7 +232,7 @@ def generate_chunk(
                                  info_format=info_format) for name in variant_names}
     # what the images depend on; a rerun with anything else (Snakemake reruns the job for changed params, inputs or
     # code) regenerates the chunk instead of keeping images made with the old settings
-    signature = {"method": method, "seed": seed, "precision": precision,
+    signature = {"method": method, "seed": seed, "precision": resolve_precision(precision, _device_type(device)),
                  "settings": {k: v for k, v in method_spec.items() if k != "batch_size"},
                  "experiment": {k: v for k, v in experiment.items() if k != "max_images"},
                  "checkpoints": checkpoint_identities(checkpoints)}

@@ -17,12 +17,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cfx.generate import _atomic_json, checkpoint_identities, divided_batch_size, load_generation_models
+from cfx.generate import _atomic_json, _device_type, checkpoint_identities, divided_batch_size, load_generation_models
 from cfx.io.images import load_image
 from cfx.io.tree import OutputTree, read_info
 from cfx.methods import EVALUATED_RESULTS, GENERATED_RESULTS
 from cfx.methods.ace import postprocess
 from cfx.runtime.device import select_device, set_threads
+from cfx.runtime.precision import resolve_precision
 from cfx.runtime.seeding import image_generators
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def postprocess_chunk(
     # the explanations depend on the post-processing settings, the attack's pre-explanations (a rerun of the attack
     # makes new ones) and the networks: any change regenerates the chunk's explanations
     signature = {"postprocess": config, "seed": seed, "timestep_respacing": method_spec.get("timestep_respacing"),
-                 "precision": precision, "attack_records": pre["records"],
+                 "precision": resolve_precision(precision, _device_type(device)), "attack_records": pre["records"],
                  "checkpoints": checkpoint_identities(checkpoints)}
     sidecar = tree.results_dir / f".params-{pre['chunk']}-of-{pre['chunks']}.json"
     had_record = sidecar.exists()
