@@ -139,11 +139,15 @@ def _renormalize(score: torch.Tensor, reference: torch.Tensor, lam: float, enfor
     return match_norm(score, reference, lam) if enforce_same_norms else lam * score
 
 
+def _squeezed(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 1) binary logits as (B,); (B,) and (B, K) unchanged."""
+    return logits[:, 0] if logits.dim() == 2 and logits.shape[1] == 1 else logits
+
+
 def target_log_likelihood(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(ℓ summed over the batch, p per image) as ``conditional_score``: (B, K) logits → Σ log softmax[y] and p(y);
     (B,) binary logits → −BCEWithLogits(logit, y) (batch mean) and σ(logit) = p(positive class)."""
-    if logits.dim() == 2 and logits.shape[1] == 1:
-        logits = logits[:, 0]
+    logits = _squeezed(logits)
     if logits.dim() == 2:
         log_probs = F.log_softmax(logits, dim=-1).gather(1, targets.view(-1, 1)).squeeze(1)
         return log_probs.sum(), log_probs.exp().detach()
@@ -155,9 +159,10 @@ def target_log_likelihood(logits: torch.Tensor, targets: torch.Tensor) -> tuple[
 
 def guided_eps(ldm, classifier, z: torch.Tensor, index: int, schedule: LDMDDIMSchedule, cond: torch.Tensor,
                uncond: torch.Tensor, targets: torch.Tensor, x_init01: torch.Tensor,
-               cfg: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+               cfg: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """ε̂ of one DDIM step (``CCMDDIMSampler.conditional_score``), the classifier's p(target | x̂0) (None when
-    λ_c = 0 or guidance is free) and x̂0 of the unconditional branch (for ``record_intermediate``)."""
+    λ_c = 0 or guidance is free) and x̂0 of the unconditional branch (for ``record_intermediate``; None
+    for free guidance without it, which then decodes nothing)."""
     b = z.shape[0]
     t = torch.full((2 * b,), int(schedule.timesteps[index]), device=z.device, dtype=torch.long)
     alpha = float(schedule.alphas[index])
@@ -165,7 +170,7 @@ def guided_eps(ldm, classifier, z: torch.Tensor, index: int, schedule: LDMDDIMSc
     if cfg["guidance"] == "free":
         with torch.no_grad():
             eps_u, eps_c = ldm.apply_model(torch.cat([z, z]), t, context).chunk(2)
-            x0 = ldm.decode_first_stage(schedule.pred_x0(z, eps_u, index))
+            x0 = ldm.decode_first_stage(schedule.pred_x0(z, eps_u, index)) if cfg["record_intermediate"] else None
         return free_eps(eps_u, eps_c, float(cfg["scale"])), None, x0
     if cfg["guidance"] != "projected":
         raise ValueError(f"unknown LDCE guidance '{cfg['guidance']}' (projected or free)")
@@ -174,7 +179,7 @@ def guided_eps(ldm, classifier, z: torch.Tensor, index: int, schedule: LDMDDIMSc
     with torch.enable_grad():
         z_in = z.detach().requires_grad_(True)
         eps_u, eps_c = ldm.apply_model(torch.cat([z_in, z_in]), t, context).chunk(2)
-        x0 = ldm.decode_first_stage((z_in - (1.0 - alpha) ** 0.5 * eps_u) / alpha ** 0.5)
+        x0 = ldm.decode_first_stage(schedule.pred_x0(z_in, eps_u, index))
         grad_dist = grad_cls = None
         if lp:
             x0_01 = ((x0 + 1) / 2).clamp(0, 1)
@@ -227,15 +232,13 @@ def _encode(ldm, images: torch.Tensor, generators: list[torch.Generator]) -> tor
 
 
 def _preds(logits: torch.Tensor) -> torch.Tensor:
-    if logits.dim() == 2 and logits.shape[1] == 1:
-        logits = logits[:, 0]
+    logits = _squeezed(logits)
     return logits.argmax(1) if logits.dim() == 2 else (logits > 0).long()
 
 
 def _target_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """p(target) (binary: σ or 1 − σ of the logit) — not upstream's ``target_confidence`` = p(positive)."""
-    if logits.dim() == 2 and logits.shape[1] == 1:
-        logits = logits[:, 0]
+    logits = _squeezed(logits)
     if logits.dim() == 2:
         return logits.softmax(1).gather(1, targets.view(-1, 1)).squeeze(1)
     p = torch.sigmoid(logits)

@@ -38,7 +38,7 @@ from cfx.models.adm import (
     zero_module,
 )
 from cfx.models.ldm_ddim import make_beta_schedule
-from cfx.runtime.checkpoints import save_checkpoint_atomic
+from cfx.runtime.checkpoints import load_checkpoint, save_checkpoint_atomic
 
 # --------------------------------------------------------------------------------------------------------------
 # First stage: ldm/modules/diffusionmodules/model.py
@@ -753,11 +753,8 @@ def load_ldm_checkpoint(path: str | Path, config: dict[str, Any]) -> LatentDiffu
     config's schedule (a wrong ``linear_start``/``linear_end`` fails here). Upstream loads with ``strict=False``
     (pain point P-L8)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LDM checkpoint {path} does not exist: download it (cfx download) or train it")
+    state = dict(_unwrap_state_dict(load_checkpoint(path, "LDM checkpoint"), path))
     model = build_ldm(config)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in _unwrap_state_dict(obj, path).items()}
     # the CLIP embedder's tokenizer holds no tensors; transformers' position_ids may or may not be persistent
     expected = model.state_dict()
     schedule = {k: state.pop(k) for k in list(state) if k in SCHEDULE_BUFFERS}
