@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from cfx.runtime.download import download, sha256_file
+from cfx.runtime.download import fetch_pinned_files, verify_pinned_files
 
 _BASE = "https://raw.githubusercontent.com/lmb-freiburg/ldce/65195978cf84ac56a492fa4f93bc14e42d304cb3/data"
 # name -> (url, sha256): the target files LDCE ships (lmb-freiburg/ldce commit 6519597, 2023-12-20)
@@ -48,25 +48,13 @@ IMAGENET_CLASS_PAIRS: dict[str, tuple[int, int]] = {
 
 def verify_ldce_target_files(folder: str | Path) -> Path:
     """Check that ``folder`` holds both target files with their pinned sha256; errors name the file and its URL."""
-    folder = Path(folder)
-    for name, (url, sha) in LDCE_TARGET_FILES.items():
-        path = folder / name
-        if not path.is_file():
-            raise FileNotFoundError(f"LDCE target file {path} is missing: download {url} there "
-                                    f"(or call cfx.data.ldce_targets.fetch_ldce_target_files('{folder}'))")
-        actual = sha256_file(path)
-        if actual != sha:
-            raise ValueError(f"{path} has sha256 {actual}, expected {sha} ({LDCE_DATA_VERSION}): re-download {url}")
-    return folder
+    return verify_pinned_files(folder, LDCE_TARGET_FILES, what="LDCE target file", version=LDCE_DATA_VERSION,
+                               fetch_hint=f"cfx.data.ldce_targets.fetch_ldce_target_files('{folder}')")
 
 
 def fetch_ldce_target_files(folder: str | Path, timeout: float = 60.0) -> Path:
     """Download the missing target files into ``folder`` (atomic, sha256-checked, retried) and verify both."""
-    folder = Path(folder)
-    for name, (url, sha) in LDCE_TARGET_FILES.items():
-        path = folder / name
-        if not (path.is_file() and sha256_file(path) == sha):
-            download(url, path, sha256=sha, timeout=timeout)
+    fetch_pinned_files(folder, LDCE_TARGET_FILES, timeout=timeout)
     return verify_ldce_target_files(folder)
 
 

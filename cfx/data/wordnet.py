@@ -20,15 +20,14 @@ Deviation: the ImageNet classes are those of ``imagenet_class_index.json`` (upst
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from cfx.runtime.download import fetch_pinned_files, verify_pinned_files
 
 _BASE = "https://raw.githubusercontent.com/valentyn1boreiko/SVCEs_code/2dac85025bcaca491d45434c7ef5887174fefa6b/IN_info"
 # name -> (url, sha256): the IN_info files SVCE ships (SVCEs_code commit 2dac850, 2022-06-22)
@@ -42,46 +41,17 @@ HIERARCHY_FILES: dict[str, tuple[str, str]] = {
 HIERARCHY_VERSION = "SVCEs_code@2dac850 IN_info"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_hierarchy(folder: str | Path) -> Path:
     """Check that ``folder`` holds the three hierarchy files with their pinned sha256; errors name the file and
     where to get it."""
-    folder = Path(folder)
-    for name, (url, sha) in HIERARCHY_FILES.items():
-        path = folder / name
-        if not path.is_file():
-            raise FileNotFoundError(f"WordNet hierarchy file {path} is missing: download {url} there "
-                                    f"(or call cfx.data.wordnet.fetch_hierarchy('{folder}'))")
-        actual = _sha256(path)
-        if actual != sha:
-            raise ValueError(f"{path} has sha256 {actual}, expected {sha} ({HIERARCHY_VERSION}): re-download {url}")
-    return folder
+    return verify_pinned_files(folder, HIERARCHY_FILES, what="WordNet hierarchy file", version=HIERARCHY_VERSION,
+                               fetch_hint=f"cfx.data.wordnet.fetch_hierarchy('{folder}')")
 
 
 def fetch_hierarchy(folder: str | Path, timeout: float = 60.0) -> Path:
-    """Download the missing hierarchy files into ``folder`` (atomically, sha256-checked) and verify all three."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, (url, sha) in HIERARCHY_FILES.items():
-        path = folder / name
-        if path.is_file() and _sha256(path) == sha:
-            continue
-        tmp = folder / f".{name}.tmp{os.getpid()}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, tmp.open("wb") as out:
-                out.write(response.read())
-            if _sha256(tmp) != sha:
-                raise ValueError(f"download of {url} does not have sha256 {sha}")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    """Download the missing hierarchy files into ``folder`` (atomic, sha256-checked, retried) and verify all
+    three."""
+    fetch_pinned_files(folder, HIERARCHY_FILES, timeout=timeout)
     return verify_hierarchy(folder)
 
 

@@ -517,3 +517,28 @@ def registry_status(registry: Mapping[str, Mapping[str, Any]], directory: str | 
         rows.append({"name": name, "file": str(path), "status": status, "sha256": digest,
                      "source": sources[0] if sources else "-"})
     return rows
+
+
+def verify_pinned_files(folder: str | Path, files: Mapping[str, tuple[str, str]], *, what: str, version: str,
+                        fetch_hint: str) -> Path:
+    """Check that ``folder`` holds every file of ``files`` (name → (url, sha256)), a versioned resource pinned by
+    digest (SVCE's WordNet files, LDCE's target lists); a missing file names its URL and ``fetch_hint``, a wrong
+    digest the expected one and ``version``."""
+    folder = Path(folder)
+    for name, (url, sha) in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} {path} is missing: download {url} there (or call {fetch_hint})")
+        actual = sha256_file(path)
+        if actual != sha:
+            raise ValueError(f"{path} has sha256 {actual}, expected {sha} ({version}): re-download {url}")
+    return folder
+
+
+def fetch_pinned_files(folder: str | Path, files: Mapping[str, tuple[str, str]], timeout: float = 60.0) -> None:
+    """Download the files of ``files`` that ``folder`` lacks or holds with another digest (:func:`download`:
+    atomic, sha256-checked, retried)."""
+    for name, (url, sha) in files.items():
+        path = Path(folder) / name
+        if not (path.is_file() and sha256_file(path) == sha):
+            download(url, path, sha256=sha, timeout=timeout)
