@@ -116,7 +116,7 @@ def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, c
              device, precision, batch_divisor, compile_unet, ldm, diffae, direction) -> None:
     """Generate the counterfactuals of one chunk of one (experiment, method)."""
     from cfx.generate import generate_chunk, method_classifier
-    from cfx.methods import uses_ddpm
+    from cfx.methods import OWN_MODEL_KEY, uses_ddpm
 
     spec = _suite(suite, scale)
     exp = section_entry(spec, "experiments", experiment)
@@ -126,15 +126,13 @@ def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, c
     checkpoints = {"classifier": _checkpoint_file(spec, checkpoint_dir, classifier)}
     if ddpm:
         checkpoints["ddpm"] = _checkpoint_file(spec, checkpoint_dir, ddpm)
+    if method in OWN_MODEL_KEY:  # GCD's DiffAE, LDCE's LDM (--diffae / --ldm override the file)
+        role = OWN_MODEL_KEY[method]
+        own = section_entry(spec, "methods", method)[role]
+        names.append(own)
+        checkpoints[role] = {"diffae": diffae, "ldm": ldm}[role] or _checkpoint_file(spec, checkpoint_dir, own)
     if method == "gcd":
-        dae_name = section_entry(spec, "methods", "gcd")["diffae"]
-        names.append(dae_name)
-        checkpoints["diffae"] = diffae or _checkpoint_file(spec, checkpoint_dir, dae_name)
         checkpoints["direction"] = direction or Path("results/gcd") / experiment / "direction.pt"
-    if method == "ldce":
-        ldm_name = section_entry(spec, "methods", "ldce")["ldm"]
-        names.append(ldm_name)
-        checkpoints["ldm"] = ldm or _checkpoint_file(spec, checkpoint_dir, ldm_name)
     manifest = manifest or tree / "chunks" / method / f"{chunk}-of-{chunks}.json"
     result = generate_chunk(
         experiment=exp, method=method, method_spec=method_settings(spec, method, experiment),

@@ -114,6 +114,13 @@ def _named_network(suite: dict, name: str) -> dict[str, Any]:
     return {"name": name, "checkpoint": network_checkpoint(suite, name), "spec": spec}
 
 
+def _network(suite: dict, value: str | dict, inline_name: str) -> dict[str, Any]:
+    """A network named by a string (:func:`_named_network`) or given inline as a mapping (no checkpoint)."""
+    if isinstance(value, str):
+        return _named_network(suite, value)
+    return {"name": inline_name, "checkpoint": None, "spec": dict(value)}
+
+
 def metric_networks(suite: dict, metric: str, experiment: str, method: str | None = None) -> dict[str, dict[str, Any]]:
     """Networks of a metric by role: ``{role: {"name", "checkpoint" (or None), "spec"}}``. A string in
     ``metrics.<metric>.networks`` names a ``models:`` entry or a ``checkpoints:`` registry entry (checkpoint:
@@ -127,10 +134,7 @@ def metric_networks(suite: dict, metric: str, experiment: str, method: str | Non
     roles = {**(spec.get("networks") or {}), **per_dataset}
     networks: dict[str, dict[str, Any]] = {}
     for role, value in roles.items():
-        if isinstance(value, str):
-            networks[role] = _named_network(suite, value)
-        else:
-            networks[role] = {"name": f"{metric}.{role}", "checkpoint": None, "spec": dict(value)}
+        networks[role] = _network(suite, value, f"{metric}.{role}")
     if metric == "cout":
         own = (suite.get("methods") or {}).get(method, {}).get("classifier") if method else None
         name = own or section_entry(suite, "experiments", experiment)["classifier"]
@@ -144,11 +148,7 @@ def method_network(suite: dict, method: str, key: str) -> dict[str, Any] | None:
     ``{kind: lpips_vgg}``, checkpoint ``resources/checkpoints/torchvision_vgg16.pth``, downloaded), a mapping is an
     inline network without checkpoint (e.g. ``{kind: lpips_random, seed: 0}``); None when the key is absent."""
     value = section_entry(suite, "methods", method).get(key)
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return _named_network(suite, value)
-    return {"name": f"{method}.{key}", "checkpoint": None, "spec": dict(value)}
+    return None if value is None else _network(suite, value, f"{method}.{key}")
 
 
 def resolved_method_spec(suite: dict, method: str, experiment: str | None = None) -> dict[str, Any]:

@@ -26,6 +26,9 @@ OUTPUT_FORMAT = {"dime": ("jpg", "dime"), "ace": ("png", "ace"), "svce": ("png",
 # Methods that search without the experiment's DDPM (it is neither an input nor loaded; GCD uses a DiffAE, LDCE
 # its latent diffusion model)
 NO_DDPM = frozenset({"svce", "gcd", "ldce"})
+# The network a method brings besides the experiment's: the key of its suite entry naming a models entry, which is
+# also its checkpoint role in generation (GCD's DiffAE, LDCE's latent diffusion model)
+OWN_MODEL_KEY = {"gcd": "diffae", "ldce": "ldm"}
 
 
 def uses_ddpm(method: str | None) -> bool:

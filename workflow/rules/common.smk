@@ -6,7 +6,7 @@ from snakemake.utils import validate
 
 from cfx.data.layouts import download_hint
 from cfx.metrics import METRICS
-from cfx.methods import uses_ddpm
+from cfx.methods import OWN_MODEL_KEY, uses_ddpm
 from cfx.runtime.download import checkpoint_filename
 
 from cfx.suite import (
@@ -169,21 +169,19 @@ def generate_inputs(wildcards):
     if perceptual and float(settings["config"].get("l_perc", 0.0)) > 0:
         # DiME's perceptual loss reads this file (methods.dime.vgg19_weights): make or download it first
         inputs["vgg19"] = perceptual
-    if getattr(wildcards, "method", None) == "gcd":
-        inputs["diffae"] = network_checkpoint(gcd_diffae())
+    if method in OWN_MODEL_KEY:
+        inputs[OWN_MODEL_KEY[method]] = network_checkpoint(method_model(method))
+    if method == "gcd":
         inputs["direction"] = f"results/gcd/{wildcards.experiment}/direction.pt"
-    if getattr(wildcards, "method", None) == "ldce":
-        inputs["ldm"] = network_checkpoint(ldce_ldm())
     return inputs
 
 
 def generation_models(wildcards):
     """Model specs (architecture flags) of the networks a generation chunk loads."""
     names = [name for name in generation_networks(wildcards) if name]
-    if getattr(wildcards, "method", None) == "gcd":
-        names.append(gcd_diffae())
-    if getattr(wildcards, "method", None) == "ldce":
-        names.append(ldce_ldm())
+    method = getattr(wildcards, "method", None)
+    if method in OWN_MODEL_KEY:
+        names.append(method_model(method))
     return {name: section_entry(SUITE, "models", name) for name in names}
 
 
@@ -194,19 +192,13 @@ def network_checkpoint(name):
     return suite_network_checkpoint(SUITE, name)
 
 
-def ldce_ldm():
-    """The models entry of LDCE's latent diffusion model (methods.ldce.ldm in the suite)."""
-    name = section_entry(SUITE, "methods", "ldce").get("ldm")
+def method_model(method):
+    """The models entry of the network a method brings (cfx.methods.OWN_MODEL_KEY: methods.gcd.diffae, GCD's DiffAE;
+    methods.ldce.ldm, LDCE's latent diffusion model)."""
+    key = OWN_MODEL_KEY[method]
+    name = section_entry(SUITE, "methods", method).get(key)
     if not name:
-        raise ValueError(f"suite {SUITE['name']}: methods.ldce needs 'ldm' (the models entry of its LDM)")
-    return name
-
-
-def gcd_diffae():
-    """The models entry of GCD's DiffAE (methods.gcd.diffae in the suite)."""
-    name = section_entry(SUITE, "methods", "gcd").get("diffae")
-    if not name:
-        raise ValueError(f"suite {SUITE['name']}: methods.gcd needs 'diffae' (the models entry of its DiffAE)")
+        raise ValueError(f"suite {SUITE['name']}: methods.{method} needs '{key}' (the models entry of its network)")
     section_entry(SUITE, "models", name)
     return name
 
@@ -227,7 +219,7 @@ def gcd_network_inputs(wildcards):
     return {
         "index": f"results/data/{spec['dataset']}/index.csv",
         "classifier": network_checkpoint(spec["classifier"]),
-        "diffae": network_checkpoint(gcd_diffae()),
+        "diffae": network_checkpoint(method_model("gcd")),
     }
 
 
@@ -238,7 +230,7 @@ def gcd_bblig_inputs(wildcards):
 
 def gcd_models(wildcards):
     """Model specs of GCD's classifier and DiffAE."""
-    names = [experiment_spec(wildcards)["classifier"], gcd_diffae()]
+    names = [experiment_spec(wildcards)["classifier"], method_model("gcd")]
     return {name: section_entry(SUITE, "models", name) for name in names}
 
 
