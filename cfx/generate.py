@@ -225,7 +225,6 @@ def generate_chunk(
     ext, info_format = OUTPUT_FORMAT[method]
     tree = OutputTree(Path(tree_root), GENERATED_RESULTS[method], ext=method_spec.get("ext", ext),
                       info_format=info_format)
-    tree.prepare()
     # further result folders of the same images (SVCE: one per other radius), written before the main instance
     variant_names = list(getattr(module, "variant_names", lambda config: [])(method_spec["config"]))
     variants = {name: OutputTree(Path(tree_root), f"{GENERATED_RESULTS[method]}/{name}", ext=tree.ext,
@@ -239,9 +238,8 @@ def generate_chunk(
     stems = [tree.stem(i) for i in positions]
     for writer in (tree, *variants.values()):
         writer.prepare()
-        sidecar = writer.results_dir / f".params-{chunk}-of-{chunks}.json"
-        had_record = sidecar.exists()
-        if writer.settings_changed(sidecar, signature, stems) and had_record and writer is tree:
+        changed = writer.settings_changed(writer.results_dir / f".params-{chunk}-of-{chunks}.json", signature, stems)
+        if changed and writer is tree:
             log.info("chunk %d/%d: settings, seed or networks differ from the last run; its images are regenerated",
                      chunk, chunks)
     done = tree.completed_stems()

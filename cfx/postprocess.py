@@ -61,9 +61,7 @@ def postprocess_chunk(
     signature = {"postprocess": config, "seed": seed, "timestep_respacing": method_spec.get("timestep_respacing"),
                  "precision": resolve_precision(precision, _device_type(device)), "attack_records": pre["records"],
                  "checkpoints": checkpoint_identities(checkpoints)}
-    sidecar = tree.results_dir / f".params-{pre['chunk']}-of-{pre['chunks']}.json"
-    had_record = sidecar.exists()
-    if tree.settings_changed(sidecar, signature, stems) and had_record:
+    if tree.settings_changed(tree.results_dir / f".params-{pre['chunk']}-of-{pre['chunks']}.json", signature, stems):
         log.info("ACE post-processing chunk %s: new settings, attack or networks; the chunk is regenerated",
                  pre["chunk"])
     done = tree.completed_stems()

@@ -142,20 +142,22 @@ class OutputTree:
         settings, seed, precision, the identity of the checkpoints...): the record ``sidecar`` (next to the results,
         outside the workflow's declared outputs, so a rerun that Snakemake starts for changed params or inputs still
         finds it) is missing or differs. Then those instances are forgotten and the new record is written; a killed
-        job rerun with the same settings keeps its finished images. Keys are compared as JSON (string keys)."""
+        job rerun with the same settings keeps its finished images. Returns True when an earlier record differed
+        (False for a first run or a resume). Keys are compared as JSON (string keys)."""
         signature = json.loads(json.dumps(signature, sort_keys=True, default=str))
         sidecar = Path(sidecar)
         try:
-            changed = json.loads(sidecar.read_text()) != signature
+            previous = json.loads(sidecar.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
-            changed = True
-        if changed:
-            self.forget(stems)
-            sidecar.parent.mkdir(parents=True, exist_ok=True)
-            tmp = sidecar.with_name(f".{sidecar.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(signature, sort_keys=True, indent=1))
-            os.replace(tmp, sidecar)
-        return changed
+            previous = None
+        if previous == signature:
+            return False
+        self.forget(stems)
+        sidecar.parent.mkdir(parents=True, exist_ok=True)
+        tmp = sidecar.with_name(f".{sidecar.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(signature, sort_keys=True, indent=1))
+        os.replace(tmp, sidecar)
+        return previous is not None
 
     def write_instance(self, stem: str, *, original: torch.Tensor, cf: torch.Tensor, noise: torch.Tensor,
                        label: int, pred: int, target: int, cf_pred: int, info: dict[str, Any],

@@ -41,18 +41,13 @@ def load_fid_inception(device: str | torch.device = "cpu", dims: int = 2048,
     if dims not in InceptionV3.BLOCK_INDEX_BY_DIM:
         raise ValueError(f"dims must be one of {sorted(InceptionV3.BLOCK_INDEX_BY_DIM)} (pytorch-fid --dims), "
                          f"got {dims}")
-    if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"pytorch-fid's Inception weights are missing: {path} does not exist. Download "
-                                    f"it (snakemake {path} --config suite=paper, or cfx download fid_inception) or "
-                                    f"put {FID_WEIGHTS_URL} there")
-    else:
-        path = fid_weights_path()
-        if not path.is_file():
-            raise FileNotFoundError(f"pytorch-fid's Inception weights are missing: {path} does not exist. cfx never "
-                                    f"downloads them; fetch {FID_WEIGHTS_URL} and put it there (or set TORCH_HOME to "
-                                    f"a folder whose hub/checkpoints holds {FID_WEIGHTS_FILE})")
+    path = Path(weights) if weights is not None else fid_weights_path()
+    if not path.is_file():
+        what_to_do = (f"Download it (snakemake {path} --config suite=paper, or cfx download fid_inception) or put "
+                      f"{FID_WEIGHTS_URL} there" if weights is not None else
+                      f"cfx never downloads them; fetch {FID_WEIGHTS_URL} and put it there (or set TORCH_HOME to a "
+                      f"folder whose hub/checkpoints holds {FID_WEIGHTS_FILE})")
+        raise FileNotFoundError(f"pytorch-fid's Inception weights are missing: {path} does not exist. {what_to_do}")
 
     def weights_only(url: str, *args, **kwargs) -> dict:
         if url != FID_WEIGHTS_URL:
