@@ -316,7 +316,10 @@ def metric_gpu(wildcards):
 
 
 def sanity_params(wildcards):
-    return SUITE.get("sanity", {})
+    """The suite's sanity bars for this merge: min_flip_rate, or the method's own bar in min_flip_rate_by_method."""
+    sanity = SUITE.get("sanity", {})
+    by_method = sanity.get("min_flip_rate_by_method") or {}
+    return {"min_flip_rate": float(by_method.get(wildcards.method, sanity.get("min_flip_rate", 0.0)))}
 
 
 # Published checkpoints (rules in resources.smk): the suite's checkpoints: registry, one file per name.
