@@ -203,6 +203,33 @@ def test_generation_chunk_on_a_celebahq_root(tmp_path):
         assert json.loads((tree / "chunks" / method / "0-of-1.json").read_text())["n"] == 2
 
 
+def test_cli_generate_reads_the_suite_layout(tmp_path):
+    """`cfx generate` takes the layout from the experiment's dataset: a BDD100k experiment gets (H, W) images."""
+    from click.testing import CliRunner
+
+    from cfx.cli import main
+
+    _bdd_root(tmp_path / "bdd", [(64, 36)])
+    build_layout_index("bdd100k", tmp_path / "bdd", tmp_path / "index.csv")
+    (tmp_path / "ckpt").mkdir()
+    _save_unet(FACE_FLAGS, tmp_path / "ckpt" / "ddpm.pt")
+    save_celeba_classifier(DenseNetClassifier(**ARCH), tmp_path / "ckpt" / "clf.pt")
+    suite = {"name": "t", "datasets": {"drive": {"layout": "bdd100k"}},
+             "models": {"ddpm": {"kind": "ddpm", "dataset": "drive", "image_size": 16, "flags": FACE_FLAGS,
+                                 "diffusion": DIFFUSION},
+                        "clf": {"kind": "classifier", "dataset": "drive", "image_size": 16, "arch": ARCH}},
+             "methods": {"dime": DIME},
+             "experiments": {"e": {"dataset": "drive", "split": "val", "image_size": 8, "query_label": 0,
+                                   "classifier": "clf", "ddpm": "ddpm", "methods": ["dime"]}},
+             "tables": {}}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    result = CliRunner().invoke(main, ["generate", "--suite", str(tmp_path / "suite.yaml"), "--experiment", "e",
+                                       "--method", "dime", "--index", str(tmp_path / "index.csv"), "--checkpoints",
+                                       str(tmp_path / "ckpt"), "--tree", str(tmp_path / "cf"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(next((tmp_path / "cf").glob("Original/*/0000000.jpg"))).size == (16, 8)  # int 8 = (8, 16)
+
+
 def test_ace_chunk_and_postprocessing_on_a_bdd100k_root_at_256x512(tmp_path):
     _bdd_root(tmp_path / "bdd", [(64, 36), (48, 30)])
     build_layout_index("bdd100k", tmp_path / "bdd", tmp_path / "index.csv")
