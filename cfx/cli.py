@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cfx.suite import load_suite, method_settings, section_entry
+from cfx.suite import experiment_layout, load_suite, method_settings, section_entry
 
 REPO_SUITES = Path(__file__).resolve().parent.parent / "workflow" / "suites"
 
@@ -139,6 +139,7 @@ def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, c
         model_specs={n: section_entry(spec, "models", n) for n in names}, index_csv=index_csv,
         checkpoints=checkpoints, chunk=chunk, chunks=chunks, seed=seed, tree_root=tree, manifest_path=manifest,
         device=device, precision=precision, batch_divisor=batch_divisor, compile_unet=compile_unet,
+        layout=experiment_layout(spec, experiment),
     )
     click.echo(f"{result['n']} images, {result['flipped']} flipped; manifest {manifest}")
 
@@ -187,7 +188,8 @@ def gcd_direction_cmd(suite, scale, experiment, index_csv, checkpoint_dir, diffa
 
     exp, method_spec, models, checkpoints = _gcd_setup(suite, scale, experiment, checkpoint_dir, diffae)
     record = gcd_direction(experiment=exp, method_spec=method_spec, model_specs=models, index_csv=index_csv,
-                           checkpoints=checkpoints, out_path=out, seed=seed, device=device)
+                           checkpoints=checkpoints, out_path=out, seed=seed, device=device,
+                           layout=experiment_layout(_suite(suite, scale), experiment))
     click.echo(json.dumps(record["chosen"], indent=1))
 
 
@@ -211,7 +213,8 @@ def gcd_bblig_cmd(suite, scale, experiment, index_csv, checkpoint_dir, diffae, d
     exp, method_spec, models, checkpoints = _gcd_setup(suite, scale, experiment, checkpoint_dir, diffae)
     checkpoints["direction"] = direction
     rows = gcd_bblig(experiment=exp, method_spec=method_spec, model_specs=models, index_csv=index_csv,
-                     checkpoints=checkpoints, out_dir=out, n_images=n_images, device=device)
+                     checkpoints=checkpoints, out_dir=out, n_images=n_images, device=device,
+                     layout=experiment_layout(_suite(suite, scale), experiment))
     click.echo(json.dumps(rows, indent=1))
 
 

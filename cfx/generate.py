@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from cfx.data.celeba_dataset import CelebADataset
+from cfx.data.index_dataset import IndexDataset
 from cfx.io.images import save_image_atomic
 from cfx.io.tree import OutputTree, read_info, write_dime_summary
 from cfx.methods import GENERATED_RESULTS, OUTPUT_FORMAT, get_method, uses_ddpm
@@ -52,13 +52,6 @@ def chunk_positions(n_images: int, chunk: int, chunks: int) -> list[int]:
     if not 0 <= chunk < chunks:
         raise ValueError(f"chunk {chunk} is outside 0..{chunks - 1}")
     return [i for i in range(n_images) if i % chunks == chunk]
-
-
-def dataset_root_from_index(index: pd.DataFrame, index_csv: Path) -> Path:
-    """The dataset root is two levels above any image path (``ROOT/img_align_celeba/NNNNNN.jpg``)."""
-    if index.empty:
-        raise ValueError(f"{index_csv} lists no images")
-    return Path(index["path"].iloc[0]).parent.parent
 
 
 def load_generation_models(
@@ -210,8 +203,12 @@ def generate_chunk(
     precision: str = "auto",
     batch_divisor: int = 1,
     compile_unet: bool = False,
+    layout: str = "celeba",
 ) -> dict[str, Any]:
     """Generate the counterfactuals of one chunk into the upstream tree and write the chunk manifest.
+
+    Images are read from ``index_csv``'s paths with the transform of the dataset's ``layout``
+    (:class:`cfx.data.index_dataset.IndexDataset`: CelebA, CelebA-HQ, BDD100k).
 
     The method's ``batch_size`` is divided by ``batch_divisor`` (at least 1 image per batch): the workflow passes
     2^(attempt−1) so that a retry after a CUDA out-of-memory error runs with half the batch. ``compile_unet`` wraps
@@ -263,10 +260,11 @@ def generate_chunk(
             precision=precision,
             compile_unet=compile_unet,
         )
-        dataset = CelebADataset(
-            dataset_root_from_index(index, index_csv),
+        dataset = IndexDataset(
+            index,
+            layout,
             split=experiment["split"],
-            image_size=int(experiment["image_size"]),
+            image_size=experiment["image_size"],
             query_label=int(experiment["query_label"]),
             image_ids=[image_ids[i] for i in todo],
         )

@@ -122,14 +122,15 @@ def gcd_source_position(method_spec: dict[str, Any]) -> int:
 
 def gcd_direction(*, experiment: dict[str, Any], method_spec: dict[str, Any], model_specs: dict[str, dict[str, Any]],
                   index_csv: Path, checkpoints: dict[str, Path], out_path: Path, seed: int, device: str = "auto",
-                  threads: int | None = None, precision: str = "auto") -> dict[str, Any]:
+                  threads: int | None = None, precision: str = "auto", layout: str = "celeba") -> dict[str, Any]:
     """GCD's direction search for an experiment: source = image :func:`gcd_source_position` of the experiment; writes
     the chosen direction (``out_path``, :func:`cfx.methods.gcd.choose_direction`), every direction
-    (``directions.pt`` next to it) and a JSON record of the search (``search.json``)."""
+    (``directions.pt`` next to it) and a JSON record of the search (``search.json``). The image is read with the
+    transform of the dataset's ``layout`` (:class:`cfx.data.index_dataset.IndexDataset`)."""
     import json
 
-    from cfx.data.celeba_dataset import CelebADataset
-    from cfx.generate import dataset_root_from_index, experiment_images
+    from cfx.data.index_dataset import IndexDataset
+    from cfx.generate import experiment_images
     from cfx.methods.gcd import Scorer, save_direction, search_directions
     from cfx.runtime.checkpoints import save_checkpoint_atomic
     from cfx.runtime.seeding import image_generators
@@ -140,9 +141,8 @@ def gcd_direction(*, experiment: dict[str, Any], method_spec: dict[str, Any], mo
     position = gcd_source_position(method_spec)
     if not 0 <= position < len(image_ids):
         raise ValueError(f"GCD source_position {position} is outside the experiment's {len(image_ids)} images")
-    dataset = CelebADataset(dataset_root_from_index(index, index_csv), split=experiment["split"],
-                            image_size=int(experiment["image_size"]), query_label=int(experiment["query_label"]),
-                            image_ids=[image_ids[position]])
+    dataset = IndexDataset(index, layout, split=experiment["split"], image_size=experiment["image_size"],
+                           query_label=int(experiment["query_label"]), image_ids=[image_ids[position]])
     dae, classifier, lpips = _gcd_networks(experiment, method_spec, model_specs, checkpoints, device, precision)
     dev = next(dae.model.parameters()).device
     image = dataset[0][1][None].to(dev)
@@ -171,21 +171,22 @@ def gcd_direction(*, experiment: dict[str, Any], method_spec: dict[str, Any], mo
 
 def gcd_bblig(*, experiment: dict[str, Any], method_spec: dict[str, Any], model_specs: dict[str, dict[str, Any]],
               index_csv: Path, checkpoints: dict[str, Path], out_dir: Path, n_images: int = 4,
-              device: str = "auto", threads: int | None = None, precision: str = "auto") -> list[dict[str, Any]]:
+              device: str = "auto", threads: int | None = None, precision: str = "auto",
+              layout: str = "celeba") -> list[dict[str, Any]]:
     """BB-LIG maps (``cfx.methods.gcd.bblig``) of the experiment's first ``n_images`` images along the chosen
-    direction (checkpoint ``direction``): ``{out_dir}/{stem}.npz`` + ``.png`` each, and ``summary.json``."""
+    direction (checkpoint ``direction``): ``{out_dir}/{stem}.npz`` + ``.png`` each, and ``summary.json``. Images
+    are read with the transform of the dataset's ``layout`` (:class:`cfx.data.index_dataset.IndexDataset`)."""
     import json
 
-    from cfx.data.celeba_dataset import CelebADataset
-    from cfx.generate import dataset_root_from_index, experiment_images
+    from cfx.data.index_dataset import IndexDataset
+    from cfx.generate import experiment_images
     from cfx.methods.gcd import DEFAULTS, bblig, load_direction, save_bblig
 
     set_threads(threads)
     index = pd.read_csv(index_csv, dtype={"image_id": str})
     image_ids = experiment_images(index, experiment)[:n_images]
-    dataset = CelebADataset(dataset_root_from_index(index, index_csv), split=experiment["split"],
-                            image_size=int(experiment["image_size"]), query_label=int(experiment["query_label"]),
-                            image_ids=image_ids)
+    dataset = IndexDataset(index, layout, split=experiment["split"], image_size=experiment["image_size"],
+                           query_label=int(experiment["query_label"]), image_ids=image_ids)
     spec = {**method_spec, "config": {**method_spec.get("config", {})}}
     dae, classifier, _ = _gcd_networks(experiment, spec, model_specs, checkpoints, device, precision, with_lpips=False)
     dae.batch_size = int({**DEFAULTS, **spec["config"]}["transfer_batch_size"])

@@ -48,6 +48,7 @@ def load_suite(path: str | Path, scale: str | None = None) -> dict[str, Any]:
     suite["_scale"] = scale or "default"
     suite["metrics"] = suite.get("metrics") or {}
     _check_metric_names(suite, path)
+    _check_image_sizes(suite, path)
     add_seed_experiments(suite)
     return suite
 
@@ -61,6 +62,20 @@ def _check_metric_names(suite: dict, path: Path) -> None:
     for where, name in named:
         if name not in METRICS:
             raise SuiteError(f"{path}: {where} names unknown metric '{name}'; known: {', '.join(sorted(METRICS))}")
+
+
+def _check_image_sizes(suite: dict, path: Path) -> None:
+    """Each experiment's ``image_size`` fits its dataset's layout (:func:`cfx.data.layouts.image_shape`: square for
+    CelebA and CelebA-HQ, an int or [H, W] for BDD100k); layouts generation cannot read yet are left to the run."""
+    from cfx.data.layouts import IMAGE_LAYOUTS, image_shape
+
+    for name, experiment in (suite.get("experiments") or {}).items():
+        layout = ((suite.get("datasets") or {}).get(experiment.get("dataset")) or {}).get("layout")
+        if layout in IMAGE_LAYOUTS and "image_size" in experiment:
+            try:
+                image_shape(layout, experiment["image_size"])
+            except ValueError as err:
+                raise SuiteError(f"{path}: experiment '{name}': {err}") from err
 
 
 def seed_experiment_name(experiment: str, seed: int) -> str:
@@ -168,6 +183,13 @@ def section_entry(suite: dict, section: str, name: str) -> dict:
         known = ", ".join(sorted(entries)) or "none"
         raise SuiteError(f"{section[:-1]} '{name}' is not defined in {suite.get('_path')}; known: {known}")
     return entries[name]
+
+
+def experiment_layout(suite: dict, experiment: str) -> str:
+    """The on-disk layout (``datasets.<dataset>.layout``) of an experiment's dataset: which transform reads its
+    images (:class:`cfx.data.index_dataset.IndexDataset`)."""
+    dataset = section_entry(suite, "experiments", experiment)["dataset"]
+    return str(section_entry(suite, "datasets", dataset).get("layout", "celeba"))
 
 
 def experiment_methods(suite: dict) -> list[tuple[str, str]]:

@@ -10,6 +10,7 @@ reference/ldce_gcd_svce.md §1.8), indexed in the standard 50 000-image order (b
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -193,6 +194,40 @@ DOWNLOAD_HINTS = {
     "bdd100k": BDD_URL,
     "chexpert": CHEXPERT_URL,
 }
+
+
+# layouts whose images generation reads (cfx.data.index_dataset.IndexDataset); square crops or BDD's (H, W) resize
+SQUARE_LAYOUTS = ("celeba", "celebahq")
+IMAGE_LAYOUTS = (*SQUARE_LAYOUTS, "bdd100k")
+NO_TRANSFORM_YET = {
+    "imagenet_val": "the upstream scripts resize ImageNet differently per method (ACE: Resize(256) + CenterCrop(256); "
+                    "LDCE: 256x256 without crop; SVCE: bicubic 224x224), and experiments have no class-pair query yet "
+                    "(README, Paper tables: Still to come)",
+    "chexpert": "GCD reads CheXpert as grayscale images already at the classifier's 224 px and does no resizing "
+                "(reference/ldce_gcd_svce.md §2.7); its DiffAE is single-channel: no transform here yet",
+}
+
+
+def image_shape(layout: str, image_size: int | Sequence[int]) -> tuple[int, int]:
+    """(H, W) of the images generation feeds the networks for an experiment's ``image_size``. CelebA and CelebA-HQ
+    are square crops (DiME's ``CelebADataset``, ACE's ``CelebAHQDataset``: ``Resize(s)`` + ``CenterCrop(s)``):
+    ``s`` or ``[s, s]``. BDD100k is ACE's ``BDD10KCE`` resize (``guided_diffusion/image_datasets.py``): an int ``s``
+    is its ``--image_size s`` = (s, 2s), e.g. 256 -> 256x512; ``[H, W]`` is taken as given."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int | Sequence) or isinstance(image_size, str):
+        raise ValueError(f"image_size must be an integer or [height, width], got {image_size!r}")
+    sizes = [image_size] if isinstance(image_size, int) else list(image_size)
+    if not 1 <= len(sizes) <= 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+        raise ValueError(f"image_size must be a positive integer or [height, width], got {image_size!r}")
+    if layout in NO_TRANSFORM_YET:
+        raise NotImplementedError(f"generation cannot read layout '{layout}' yet: {NO_TRANSFORM_YET[layout]}")
+    if layout in SQUARE_LAYOUTS:
+        if len(sizes) == 2 and sizes[0] != sizes[1]:
+            raise ValueError(f"layout '{layout}' gives square crops (Resize + CenterCrop); image_size {image_size!r} "
+                             f"is not square: give one integer")
+        return sizes[0], sizes[0]
+    if layout == "bdd100k":
+        return (sizes[0], 2 * sizes[0]) if len(sizes) == 1 else (sizes[0], sizes[1])
+    raise ValueError(f"unknown dataset layout '{layout}'; known: {', '.join(LAYOUTS)}")
 
 
 def download_hint(layout: str) -> str:

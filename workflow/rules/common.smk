@@ -10,6 +10,7 @@ from cfx.methods import OWN_MODEL_KEY, uses_ddpm
 from cfx.runtime.download import checkpoint_filename
 
 from cfx.suite import (
+    experiment_layout,
     experiment_methods,
     load_suite,
     method_network,
@@ -118,6 +119,11 @@ def experiment_spec(wildcards):
 def experiment_params(wildcards):
     """An experiment's settings without its method list: adding a method never re-runs the others."""
     return {k: v for k, v in experiment_spec(wildcards).items() if k != "methods"}
+
+
+def experiment_dataset_layout(wildcards):
+    """The layout of the experiment's dataset: which transform generation reads its images with."""
+    return experiment_layout(SUITE, wildcards.experiment)
 
 
 def method_spec(wildcards):

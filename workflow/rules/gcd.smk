@@ -12,6 +12,7 @@ rule gcd_direction:
         search="results/gcd/{experiment}/search.json",
     params:
         experiment=experiment_params,
+        layout=experiment_dataset_layout,
         method=gcd_spec,
         models=gcd_models,
         seed=experiment_seed,
@@ -39,6 +40,7 @@ rule gcd_bblig:
         ),
     params:
         experiment=experiment_params,
+        layout=experiment_dataset_layout,
         method=gcd_spec,
         models=gcd_models,
         n_images=4,

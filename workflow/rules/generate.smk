@@ -11,6 +11,7 @@ rule generate:
         manifest="results/cf/{experiment}/chunks/{method}/{chunk}-of-{chunks}.json",
     params:
         experiment=experiment_params,
+        layout=experiment_dataset_layout,
         method=generation_method_spec,
         models=generation_models,
         seed=experiment_seed,

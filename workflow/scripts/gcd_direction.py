@@ -17,4 +17,5 @@ gcd_direction(
     device=snakemake.params.device,
     threads=snakemake.threads,
     precision=snakemake.params.precision,
+    layout=snakemake.params.layout,
 )

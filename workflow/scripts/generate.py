@@ -23,6 +23,7 @@ generate_chunk(
     device=snakemake.params.device,
     threads=snakemake.threads,
     precision=snakemake.params.precision,
+    layout=snakemake.params.layout,
     compile_unet=snakemake.params.compile,
     batch_divisor=snakemake.resources.batch_divisor,
 )

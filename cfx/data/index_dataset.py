@@ -1,0 +1,85 @@
+"""Images of any indexed dataset (``results/data/{dataset}/index.csv``, :mod:`cfx.data.layouts`) as the
+``(i, image, label)`` torch dataset that generation and GCD's steps read, with each layout's upstream transform:
+
+* ``celeba``: DiME's ``core/image_datasets.py:CelebADataset`` (reference/dime_ace.md §3.3): PIL ``Resize(s)`` (short
+  side, bilinear) → ``CenterCrop(s)`` → ``ToTensor``; identical to :class:`cfx.data.celeba_dataset.CelebADataset`;
+* ``celebahq``: ACE's ``guided_diffusion/image_datasets.py:CelebAHQDataset`` (§3.3): the same Resize + CenterCrop;
+* ``bdd100k``: ACE's ``guided_diffusion/image_datasets.py:BDD10KCE`` (§3.3): bicubic resize to (H, W) = (s, 2s),
+  256×512 for ``--image_size 256``, no crop; label 1 ("move forward") for every image.
+
+Images come from the index's absolute ``path`` and are normalised to [−1,1] (``Normalize(0.5, 0.5)``, as DiME; ACE
+reads [0,1] and normalises inside its networks) unless ``normalize=False``. ImageNet and CheXpert raise
+:class:`NotImplementedError` (:data:`cfx.data.layouts.NO_TRANSFORM_YET` says why)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
+
+from cfx.data.celeba import CELEBA_ATTRIBUTES, SPLITS, load_rgb
+from cfx.data.layouts import SQUARE_LAYOUTS, image_shape
+
+
+def layout_transform(layout: str, image_size: int | Sequence[int], normalize: bool = True) -> transforms.Compose:
+    """The PIL → tensor transform of ``layout`` at ``image_size`` (:func:`cfx.data.layouts.image_shape`)."""
+    height, width = image_shape(layout, image_size)
+    if layout in SQUARE_LAYOUTS:  # DiME CelebADataset / ACE CelebAHQDataset, random flip and crop off
+        steps = [transforms.Resize(height), transforms.CenterCrop(height)]
+    else:  # ACE BDD10KCE.transforms: TF.resize(img, (H, W), BICUBIC), no crop
+        steps = [transforms.Resize((height, width), interpolation=InterpolationMode.BICUBIC)]
+    steps.append(transforms.ToTensor())
+    if normalize:
+        steps.append(transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]))
+    return transforms.Compose(steps)
+
+
+class IndexDataset(Dataset):
+    """``(i, image, label)`` of the rows of ``index`` in ``split`` (``partition`` 0/1/2 = train/val/test), in index
+    order or in the order of ``image_ids``. The label: CelebA and CelebA-HQ, attribute ``query_label`` as 0/1
+    (long), or all 40 attributes as a float 0/1 vector without a query (as ``CelebADataset``); BDD100k, the index's
+    ``label`` column (1 for every image, as ``BDD10KCE``; the query label picks the classifier's output, not the
+    label: STEEX's output 0 = move forward, :func:`cfx.models.steex.steex_output_index`)."""
+
+    def __init__(self, index: pd.DataFrame | str | Path, layout: str, split: str = "val",
+                 image_size: int | Sequence[int] = 128, query_label: int | None = None,
+                 image_ids: Sequence[str] | None = None, normalize: bool = True) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got '{split}'")
+        self.transform = layout_transform(layout, image_size, normalize)  # rejects layouts it cannot read first
+        self.layout = layout
+        source = index if isinstance(index, pd.DataFrame) else Path(index)
+        frame = source if isinstance(source, pd.DataFrame) else pd.read_csv(source, dtype={"image_id": str})
+        needed = {"image_id", "path", "partition"} | (set(CELEBA_ATTRIBUTES) if layout in SQUARE_LAYOUTS else {"label"})
+        absent = sorted(needed - set(frame.columns))
+        if absent:
+            raise ValueError(f"the {layout} index {'' if isinstance(source, pd.DataFrame) else source} lacks the "
+                             f"columns {absent[:5]}: rebuild it (rule index_dataset, cfx.data.layouts)")
+        frame = frame[frame["partition"] == SPLITS[split]]
+        if image_ids is not None:
+            by_id = frame.set_index("image_id")
+            unknown = [i for i in image_ids if i not in by_id.index]
+            if unknown:
+                raise KeyError(f"images {unknown[:3]} are not in the {split} split of the {layout} index")
+            frame = by_id.loc[list(image_ids)].reset_index()
+        self.frame = frame.reset_index(drop=True)
+        self.query_label = query_label
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        row = self.frame.iloc[i]
+        image = self.transform(load_rgb(Path(row["path"])))
+        if self.layout not in SQUARE_LAYOUTS:
+            label = torch.tensor(int(row["label"]), dtype=torch.long)
+        elif self.query_label is None:
+            label = torch.tensor((row[CELEBA_ATTRIBUTES].to_numpy(dtype="int64") + 1) // 2, dtype=torch.float32)
+        else:
+            label = torch.tensor(int(row[CELEBA_ATTRIBUTES[self.query_label]] == 1), dtype=torch.long)
+        return i, image, label
