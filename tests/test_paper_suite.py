@@ -84,10 +84,12 @@ def _table_needs(suite: dict, table: str, chunks: int) -> dict[str, object]:
 
 def _assert_plan_has_every_job(counts: Counter, outputs: dict[str, list[str]], needs: dict[str, object]) -> None:
     """The dry-run plans what the suite file says a table needs: every download (and no training), every
-    generation chunk, ACE's post-processing, one merge per (task, method) and every metric."""
+    generation chunk, ACE's post-processing, one merge per (task, method) and every metric; every downloaded file
+    is verified (its sha256 stamp is an input of the jobs that load it) before a job reads it."""
     assert "train_model" not in counts, "a published network must be downloaded, never trained"
     assert set(outputs["download_checkpoint"]) == needs["checkpoints"]
     assert counts["download_checkpoint"] == len(needs["checkpoints"])
+    assert set(outputs["verify_checkpoint"]) == {f"{path}.sha256" for path in needs["checkpoints"]}
     assert set(outputs["generate"]) == needs["generate"] and counts["generate"] == len(needs["generate"])
     assert counts["ace_postprocess"] == needs["ace_postprocess"]
     assert counts["merge_chunks"] == needs["merge_chunks"]

@@ -179,7 +179,7 @@ def generate_inputs(wildcards):
         inputs[OWN_MODEL_KEY[method]] = network_checkpoint(method_model(method))
     if method == "gcd":
         inputs["direction"] = f"results/gcd/{wildcards.experiment}/direction.pt"
-    return inputs
+    return with_stamps(inputs)
 
 
 def generation_models(wildcards):
@@ -216,7 +216,7 @@ def gcd_direction_inputs(wildcards):
     lpips = method_network(SUITE, "gcd", "lpips")
     if lpips and lpips["checkpoint"]:
         inputs["lpips"] = lpips["checkpoint"]
-    return inputs
+    return with_stamps(inputs)
 
 
 def gcd_network_inputs(wildcards):
@@ -231,7 +231,8 @@ def gcd_network_inputs(wildcards):
 
 def gcd_bblig_inputs(wildcards):
     """BB-LIG reads the classifier, the DiffAE and the chosen direction (no LPIPS)."""
-    return {**gcd_network_inputs(wildcards), "direction": f"results/gcd/{wildcards.experiment}/direction.pt"}
+    inputs = {**gcd_network_inputs(wildcards), "direction": f"results/gcd/{wildcards.experiment}/direction.pt"}
+    return with_stamps(inputs)
 
 
 def gcd_models(wildcards):
@@ -304,7 +305,7 @@ def metric_inputs(wildcards):
         inputs["seed_runs"] = [
             f"results/cf/{run}/{wildcards.method}.merged.json" for run in seed_trees(SUITE, wildcards.experiment)
         ]
-    return inputs
+    return with_stamps(inputs)
 
 
 def metric_params(wildcards):
@@ -356,3 +357,12 @@ def checkpoint_stamp(name):
 
 def all_checkpoint_stamps(wildcards):
     return [checkpoint_stamp(name) for name in CHECKPOINTS]
+
+
+def with_stamps(inputs):
+    """Named inputs plus, for each registry checkpoint among them, its verification stamp ({key}_sha256): a job
+    runs only on published files whose sha256 was checked (verify_checkpoint), placed by hand or downloaded."""
+    registry_files = {checkpoint_path(name) for name in CHECKPOINTS}
+    stamps = {f"{key}_sha256": f"{path}.sha256" for key, path in inputs.items()
+              if isinstance(path, str) and path in registry_files}
+    return {**inputs, **stamps}
