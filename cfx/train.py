@@ -140,17 +140,32 @@ def train_ddpm(data_root: Path, out_path: Path, *, model_flags: dict, diffusion_
     return log
 
 
+DIFFAE_TIMESTEP_SAMPLING = ("uniform", "high_noise")
+
+
+def diffae_timesteps(t_max: int, n: int, sampling: str, generator: torch.Generator) -> torch.Tensor:
+    """n training timesteps in {0, …, t_max−1}: ``uniform`` (DiffAE's ``UniformSampler``) or ``high_noise``
+    (P(t) ∝ 2t+1: floor(t_max·√u) for u ~ U[0, 1))."""
+    if sampling == "uniform":
+        return torch.randint(t_max, (n,), generator=generator)
+    return (torch.rand(n, generator=generator, dtype=torch.float64).sqrt() * t_max).long().clamp(max=t_max - 1)
+
+
 def train_diffae(data_root: Path, out_path: Path, *, flags: dict, steps: int, batch_size: int, lr: float,
                  template: str | None = None, max_timestep: int | None = None, ema_decay: float | None = None,
-                 seed: int = 0, image_size: int | None = None, split: str = "train",
-                 device: str = "auto") -> dict[str, Any]:
+                 timestep_sampling: str = "uniform", seed: int = 0, image_size: int | None = None,
+                 split: str = "train", device: str = "auto") -> dict[str, Any]:
     """Train a DiffAE (``cfx.models.diffae``) and save it in the published Lightning layout (``state_dict`` with
     ``model.*`` and ``ema_model.*``; the EMA copy is the trained weights when ``ema_decay`` is None).
 
     DiffAE's objective (``diffusion/base.py:training_losses``, ``loss_type: mse``, ε-prediction): per step a batch
     drawn uniformly with replacement, random horizontal flip, z_sem = Enc(x0) inside the graph (encoder and UNet are
     trained together), t ~ U{0, …, max_timestep−1} of T (all when None), loss = MSE(ε_θ(x_t, t, z_sem), ε), Adam as
-    upstream's default optimiser (``optimizer: adam``, no weight decay)."""
+    upstream's default optimiser (``optimizer: adam``, no weight decay).
+
+    ``timestep_sampling``: ``uniform`` (upstream) or ``high_noise`` (density ∝ t, P(t) = (2t+1)/t_max²; a mini-suite
+    deviation): the semantic code is what the UNet needs where x_t carries little of the image, so a briefly trained
+    DiffAE learns to use z_sem only when it sees many high-noise steps."""
     from cfx.models.diffae import create_diffae, diffae_flags, lightning_checkpoint
     from cfx.models.diffusion import get_named_beta_schedule
 
@@ -166,6 +181,8 @@ def train_diffae(data_root: Path, out_path: Path, *, flags: dict, steps: int, ba
     t_max = int(max_timestep) if max_timestep else num_timesteps
     if not 0 < t_max <= num_timesteps:
         raise ValueError(f"max_timestep {max_timestep} is outside 1..{num_timesteps} (DiffAE T)")
+    if timestep_sampling not in DIFFAE_TIMESTEP_SAMPLING:
+        raise ValueError(f"timestep_sampling '{timestep_sampling}' is not one of {', '.join(DIFFAE_TIMESTEP_SAMPLING)}")
     betas = get_named_beta_schedule(str(resolved["beta_scheduler"]), num_timesteps)
     alphas_cumprod = torch.cumprod(torch.tensor(1.0 - betas), 0).float().to(dev)
     images, _ = load_split(Path(data_root), split, image_size)
@@ -180,7 +197,7 @@ def train_diffae(data_root: Path, out_path: Path, *, flags: dict, steps: int, ba
     for _ in bar:
         idx = torch.randint(len(images), (batch_size,), generator=generator)
         x0 = _random_flip(images[idx], generator).to(dev)
-        t = torch.randint(t_max, (batch_size,), generator=generator).to(dev)
+        t = diffae_timesteps(t_max, batch_size, timestep_sampling, generator).to(dev)
         noise = torch.randn(x0.shape, generator=generator).to(dev)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -195,6 +212,7 @@ def train_diffae(data_root: Path, out_path: Path, *, flags: dict, steps: int, ba
     ckpt["global_step"] = steps
     save_checkpoint_atomic(ckpt, out_path)
     log = {"kind": "diffae", "steps": steps, "batch_size": batch_size, "lr": lr, "max_timestep": t_max,
+           "timestep_sampling": timestep_sampling,
            "num_timesteps": num_timesteps, "ema_decay": ema_decay, "seed": seed, "template": template,
            "saved": "ema_model = EMA" if ema is not None else "ema_model = model", **_loss_summary(losses),
            "seconds": round(time.time() - started, 1), "seconds_per_step": _per_step(train_seconds, steps),

@@ -184,3 +184,25 @@ def test_train_diffae_writes_the_published_layout_and_learns(tmp_path):
     model = load_diffae_checkpoint(tmp_path / "dae.pt", None, **flags)
     assert not torch.equal(state["model.out.2.weight"], state["ema_model.out.2.weight"])  # EMA saved as ema_model
     assert torch.equal(model.out[2].weight, state["ema_model.out.2.weight"])
+
+
+def test_diffae_timestep_sampling_matches_its_distributions():
+    """uniform: DiffAE's UniformSampler (torch.randint, same draws); high_noise: P(t) = (2t+1)/t_max²."""
+    from cfx.train import diffae_timesteps
+
+    t_max, n = 10, 200_000
+    uniform = diffae_timesteps(t_max, n, "uniform", torch.Generator().manual_seed(0))
+    assert torch.equal(uniform, torch.randint(t_max, (n,), generator=torch.Generator().manual_seed(0)))
+    high = diffae_timesteps(t_max, n, "high_noise", torch.Generator().manual_seed(0))
+    assert int(high.min()) >= 0 and int(high.max()) == t_max - 1
+    freq = torch.bincount(high, minlength=t_max).double() / n
+    expected = (2 * torch.arange(t_max, dtype=torch.float64) + 1) / t_max ** 2
+    assert torch.allclose(freq, expected, atol=4e-3)
+
+
+def test_train_diffae_rejects_an_unknown_timestep_sampling(tmp_path):
+    from cfx.train import train_diffae
+
+    with pytest.raises(ValueError, match="timestep_sampling 'late'"):
+        train_diffae(tmp_path, tmp_path / "dae.pt", flags=dict(img_size=16), steps=1, batch_size=1, lr=1e-3,
+                     timestep_sampling="late", image_size=16, device="cpu")
