@@ -32,12 +32,12 @@ def test_dry_run_plans_the_mini_dag(tmp_path):
     result = _run(["-n", "--quiet", "rules"], wf)
     assert result.returncode == 0, result.stderr
     plan = result.stdout + result.stderr
-    # 2 tasks + sigma_L's 2 extra-seed runs of the smile task with DiME and ACE, SVCE and LDCE on the 2 tasks,
-    # 2 chunks; 6 networks (DDPM, LDM, classifier, robust classifier, oracle, identity); metrics: table1 8 x 8
-    # (task, method) pairs + table_extra 4 x 2
-    for rule, count in [("synth_dataset", 1), ("index_dataset", 1), ("train_model", 6), ("generate", 24),
-                        ("ace_postprocess", 8), ("merge_chunks", 12), ("metric", 72), ("grid_figure", 8),
-                        ("svce_figure", 2), ("table", 2), ("table_figure", 2)]:
+    # 2 tasks + sigma_L's 2 extra-seed runs of the smile task with DiME and ACE, SVCE, LDCE and GCD on the 2 tasks,
+    # 2 chunks; 7 networks (DDPM, LDM, DiffAE, classifier, robust classifier, oracle, identity); metrics: table1
+    # 8 x 10 (task, method) pairs + table_extra 4 x 2; GCD: one direction search and one BB-LIG job per task
+    for rule, count in [("synth_dataset", 1), ("index_dataset", 1), ("train_model", 7), ("gcd_direction", 2),
+                        ("gcd_bblig", 2), ("generate", 28), ("ace_postprocess", 8), ("merge_chunks", 14),
+                        ("metric", 88), ("grid_figure", 10), ("svce_figure", 2), ("table", 2), ("table_figure", 2)]:
         assert any(line.split()[:2] == [rule, str(count)] for line in plan.splitlines()), (rule, plan)
 
 
@@ -45,8 +45,8 @@ def test_chunk_count_comes_from_config(tmp_path):
     wf = _copy_workflow(tmp_path)
     result = _run(["-n", "--quiet", "rules", "--config", "chunks=5"], wf)
     assert result.returncode == 0, result.stderr
-    # 12 generating (experiment, method) pairs (test_dry_run_plans_the_mini_dag: 24 jobs at 2 chunks) x 5 chunks
-    assert any(line.split()[:2] == ["generate", "60"] for line in (result.stdout + result.stderr).splitlines())
+    # 14 generating (experiment, method) pairs (test_dry_run_plans_the_mini_dag: 28 jobs at 2 chunks) x 5 chunks
+    assert any(line.split()[:2] == ["generate", "70"] for line in (result.stdout + result.stderr).splitlines())
 
 
 def test_lint_is_clean(tmp_path):
@@ -80,7 +80,7 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
     result = _run(["--cores", "2", "--config", "scale=ci"], wf)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     table = pd.read_csv(wf / "results/tables/table1.csv", keep_default_na=False, na_values=[""])
-    assert set(table["task"]) == {"smile", "age"} and set(table["method"]) == {"dime", "ace", "svce", "ldce"}
+    assert set(table["task"]) == {"smile", "age"} and set(table["method"]) == {"dime", "ace", "svce", "ldce", "gcd"}
     assert set(table["metric"]) == {"fid", "sfid", "fva", "fs", "mnac", "cd", "cout", "flip_rate"}
     flips = table[table["metric"] == "flip_rate"]
     assert (flips["n"] == 6).all() and flips["value"].between(0, 100).all()
@@ -118,6 +118,11 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
         merged = json.loads((tree / "svce.merged.json").read_text())
         assert set(merged["variants"]) == {"radius_50", "radius_75"}
         assert (wf / f"results/figures/{experiment}/svce_radii.png").stat().st_size > 1000
+        # GCD: the chosen direction of the task's search, its transfer in the common tree, BB-LIG maps of 4 images
+        assert (wf / f"results/gcd/{experiment}/direction.pt").exists()
+        assert len(list((tree / "Results/gcd").glob("*/*/CF/*.png"))) == 6
+        bblig = wf / f"results/figures/{experiment}/gcd_bblig"
+        assert len(list(bblig.glob("*.npz"))) == len(list(bblig.glob("*.png"))) == 4
         # LDCE: LDCE's own layout (PNG counterfactuals, DiME's Info keys) from the workflow-trained mini LDM
         assert len(list((tree / "Results/ldce").glob("*/*/CF/*.png"))) == 6
         assert "pred:" in next((tree / "Results/ldce").glob("*/*/Info/*.txt")).read_text()
