@@ -85,7 +85,7 @@ def test_cli_runs_the_three_gcd_steps(setup):
 
     from cfx.cli import main
 
-    suite = {"name": "t", "datasets": {}, "models": MODELS, "methods": {"gcd": GCD},
+    suite = {"name": "t", "datasets": {"d": {"layout": "celeba"}}, "models": MODELS, "methods": {"gcd": GCD},
              "experiments": {"e": {**EXPERIMENT, "methods": ["gcd"]}}, "tables": {}}
     (setup / "suite.yaml").write_text(yaml.safe_dump(suite))
     common = ["--suite", str(setup / "suite.yaml"), "--experiment", "e", "--index", str(setup / "index.csv"),
