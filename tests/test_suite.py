@@ -28,7 +28,7 @@ def test_mini_suite_valid_and_ci_scale_smaller():
     assert {e: s["query_label"] for e, s in full["experiments"].items()} == {
         "celeba_smile": 31, "celeba_young": 39, "celeba_smile_seed5": 31, "celeba_smile_seed6": 31}
     assert table_pairs(full, "table1") == [(e, m) for e in ("celeba_smile", "celeba_young")
-                                           for m in ("dime", "ace", "svce", "ldce")]
+                                           for m in ("dime", "ace", "svce", "ldce", "gcd")]
     # LDCE's LDM: both stages shrink at CI scale, the conditioning classes stay those of the full suite
     for stage in ("autoencoder", "diffusion"):
         assert ci["models"]["mini_ldm"]["train"][stage]["steps"] < full["models"]["mini_ldm"]["train"][stage]["steps"]
