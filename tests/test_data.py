@@ -1,6 +1,7 @@
 """The generated CelebA-layout dataset and the CelebA loader (the one the paper suite uses)."""
 
 import hashlib
+import re
 
 import numpy as np
 import pandas as pd
@@ -98,6 +99,12 @@ def test_loader_reproduces_dime_transform(synth):
     assert len(dataset) == int((frame["partition"] == 1).sum())
     ids = list(frame[frame["partition"] == 1]["image_id"])[:3][::-1]
     assert CelebADataset(synth, "val", 16, 31, image_ids=ids).frame["image_id"].tolist() == ids
+
+
+def test_unknown_image_id_names_the_root(synth):
+    """An image id outside the split names the CelebA root that was searched (not just "the index")."""
+    with pytest.raises(KeyError, match=f"not in the val split of {re.escape(str(synth))}"):
+        CelebADataset(synth, "val", 16, 31, image_ids=["no_such_image.jpg"])
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, synth):

@@ -2,6 +2,7 @@
 (so the shared metrics read it), BB-LIG maps written as arrays and figures."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,12 +29,8 @@ EXPERIMENT = {"dataset": "d", "split": "val", "image_size": 32, "query_label": 3
               "max_images": 3}
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gcd")
-    data = write_synthetic_celeba(root / "data", n_identities=30, images_per_identity=3, image_size=32, seed=0,
-                                  progress=False)
-    build_index(data, root / "index.csv")
+def save_tiny_gcd_models(root: Path) -> None:
+    """The random classifier ``root/plain.pt`` and tiny DiffAE ``root/tiny_dae.ckpt`` that MODELS names (seed 0)."""
     torch.manual_seed(0)
     save_celeba_classifier(DenseNetClassifier(**ARCH), root / "plain.pt")
     dae = create_diffae(None, **DAE_FLAGS)
@@ -41,6 +38,15 @@ def setup(tmp_path_factory):
         for p in dae.parameters():
             p.normal_(0, 0.05)
     torch.save(lightning_checkpoint(dae), root / "tiny_dae.ckpt")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gcd")
+    data = write_synthetic_celeba(root / "data", n_identities=30, images_per_identity=3, image_size=32, seed=0,
+                                  progress=False)
+    build_index(data, root / "index.csv")
+    save_tiny_gcd_models(root)
     return root
 
 

@@ -67,6 +67,23 @@ def _bdd_root(root: Path, sizes: list[tuple[int, int]]) -> Path:
     return root
 
 
+def _celebahq_index(tmp_path: Path, width: int, height: int) -> pd.DataFrame:
+    """Six fake CelebA-HQ images of width x height (random patterns) in tmp_path/hq, indexed as tmp_path/index.csv."""
+    fake_celebahq(tmp_path / "hq", n=6)
+    for i in range(6):
+        _pattern(tmp_path / "hq" / "CelebA-HQ-img" / f"{i}.jpg", width, height, i)
+    return build_layout_index("celebahq", tmp_path / "hq", tmp_path / "index.csv")
+
+
+def _bdd_generation_setup(tmp_path: Path) -> None:
+    """Two BDD images (64x36, 48x30) indexed as tmp_path/index.csv, the BDD UNet ddpm.pt and a random classifier.pt."""
+    _bdd_root(tmp_path / "bdd", [(64, 36), (48, 30)])
+    build_layout_index("bdd100k", tmp_path / "bdd", tmp_path / "index.csv")
+    _save_unet(BDD_FLAGS, tmp_path / "ddpm.pt")
+    torch.manual_seed(0)
+    save_celeba_classifier(DenseNetClassifier(**ARCH), tmp_path / "classifier.pt")
+
+
 # ---------------------------------------------------------------------------------------------------- transforms
 
 
@@ -94,10 +111,7 @@ def test_celeba_layout_gives_celeba_dataset_tensors(tmp_path):
 
 def test_celebahq_resize_short_side_center_crop_and_test_split(tmp_path):
     root = tmp_path / "hq"
-    fake_celebahq(root, n=6)
-    for i in range(6):  # 10 wide, 6 high: Resize(4) -> 6x4, CenterCrop(4) keeps columns 1..4
-        _pattern(root / "CelebA-HQ-img" / f"{i}.jpg", 10, 6, i)
-    index = build_layout_index("celebahq", root, tmp_path / "index.csv")
+    index = _celebahq_index(tmp_path, 10, 6)  # 10 wide, 6 high: Resize(4) -> 6x4, CenterCrop(4) keeps columns 1..4
     dataset = IndexDataset(tmp_path / "index.csv", "celebahq", split="test", image_size=4, query_label=31)
     # the mapping sends HQ image i to CelebA file 101 + 7i, whose partition is (101 + 7i) % 3: test = 2 -> 0 and 3
     assert list(dataset.frame["image_id"]) == ["0.jpg", "3.jpg"]
@@ -179,10 +193,7 @@ def _written(tree: Path, folder: str, stem: str) -> list[Path]:
 
 
 def test_generation_chunk_on_a_celebahq_root(tmp_path):
-    fake_celebahq(tmp_path / "hq", n=6)
-    for i in range(6):
-        _pattern(tmp_path / "hq" / "CelebA-HQ-img" / f"{i}.jpg", 24, 20, i)
-    build_layout_index("celebahq", tmp_path / "hq", tmp_path / "index.csv")
+    _celebahq_index(tmp_path, 24, 20)
     _save_unet(FACE_FLAGS, tmp_path / "ddpm.pt")
     torch.manual_seed(0)
     save_celeba_classifier(DenseNetClassifier(**ARCH), tmp_path / "classifier.pt")
@@ -231,11 +242,7 @@ def test_cli_generate_reads_the_suite_layout(tmp_path):
 
 
 def test_ace_chunk_and_postprocessing_on_a_bdd100k_root_at_256x512(tmp_path):
-    _bdd_root(tmp_path / "bdd", [(64, 36), (48, 30)])
-    build_layout_index("bdd100k", tmp_path / "bdd", tmp_path / "index.csv")
-    _save_unet(BDD_FLAGS, tmp_path / "ddpm.pt")
-    torch.manual_seed(0)
-    save_celeba_classifier(DenseNetClassifier(**ARCH), tmp_path / "classifier.pt")
+    _bdd_generation_setup(tmp_path)
     experiment = {"dataset": "bdd100k", "split": "val", "image_size": [256, 512], "query_label": 0,
                   "classifier": "clf", "ddpm": "ddpm", "max_images": 1}
     spec = {**ACE, "batch_size": 1, "config": {**ACE["config"], "attack_iterations": 1, "sampling_time_fraction": 0.05}}
@@ -257,11 +264,7 @@ def test_ace_chunk_and_postprocessing_on_a_bdd100k_root_at_256x512(tmp_path):
 
 def test_dime_chunk_on_non_square_bdd100k_images(tmp_path):
     """DiME's path (guided sampling, respaced diffusion) on H != W inputs, at a size the CPU affords."""
-    _bdd_root(tmp_path / "bdd", [(64, 36), (48, 30)])
-    build_layout_index("bdd100k", tmp_path / "bdd", tmp_path / "index.csv")
-    _save_unet(BDD_FLAGS, tmp_path / "ddpm.pt")
-    torch.manual_seed(0)
-    save_celeba_classifier(DenseNetClassifier(**ARCH), tmp_path / "classifier.pt")
+    _bdd_generation_setup(tmp_path)
     experiment = {"dataset": "bdd100k", "split": "val", "image_size": [16, 32], "query_label": 0,
                   "classifier": "clf", "ddpm": "ddpm"}
     manifest = _generate(tmp_path, tmp_path / "cf", experiment=experiment, method="dime", spec=DIME, flags=BDD_FLAGS,
@@ -272,21 +275,11 @@ def test_dime_chunk_on_non_square_bdd100k_images(tmp_path):
 
 def test_gcd_steps_read_a_celebahq_root(tmp_path):
     """GCD's direction search and BB-LIG read their images through the layout (tiny DiffAE of test_gcd_pipeline)."""
-    from cfx.models.diffae import create_diffae, lightning_checkpoint
     from cfx.steps import gcd_bblig, gcd_direction
-    from tests.test_gcd_pipeline import DAE_FLAGS, GCD, MODELS
+    from tests.test_gcd_pipeline import GCD, MODELS, save_tiny_gcd_models
 
-    fake_celebahq(tmp_path / "hq", n=6)
-    for i in range(6):
-        _pattern(tmp_path / "hq" / "CelebA-HQ-img" / f"{i}.jpg", 40, 36, i)
-    build_layout_index("celebahq", tmp_path / "hq", tmp_path / "index.csv")
-    torch.manual_seed(0)
-    save_celeba_classifier(DenseNetClassifier(**ARCH), tmp_path / "plain.pt")
-    dae = create_diffae(None, **DAE_FLAGS)
-    with torch.no_grad():
-        for p in dae.parameters():
-            p.normal_(0, 0.05)
-    torch.save(lightning_checkpoint(dae), tmp_path / "tiny_dae.ckpt")
+    _celebahq_index(tmp_path, 40, 36)
+    save_tiny_gcd_models(tmp_path)
     experiment = {"dataset": "celebahq", "split": "test", "image_size": 32, "query_label": 31, "classifier": "plain"}
     checkpoints = {"classifier": tmp_path / "plain.pt", "diffae": tmp_path / "tiny_dae.ckpt"}
     record = gcd_direction(experiment=experiment, method_spec=GCD, model_specs=MODELS, index_csv=tmp_path / "index.csv",

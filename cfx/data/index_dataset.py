@@ -2,7 +2,8 @@
 ``(i, image, label)`` torch dataset that generation and GCD's steps read, with each layout's upstream transform:
 
 * ``celeba``: DiME's ``core/image_datasets.py:CelebADataset`` (reference/dime_ace.md §3.3): PIL ``Resize(s)`` (short
-  side, bilinear) → ``CenterCrop(s)`` → ``ToTensor``; identical to :class:`cfx.data.celeba_dataset.CelebADataset`;
+  side, bilinear) → ``CenterCrop(s)`` → ``ToTensor``; :class:`cfx.data.celeba_dataset.CelebADataset` is this
+  dataset on a CelebA root read directly, without an index (training reads it that way);
 * ``celebahq``: ACE's ``guided_diffusion/image_datasets.py:CelebAHQDataset`` (§3.3): the same Resize + CenterCrop;
 * ``bdd100k``: ACE's ``guided_diffusion/image_datasets.py:BDD10KCE`` (§3.3): bicubic resize to (H, W) = (s, 2s),
   256×512 for ``--image_size 256``, no crop; label 1 ("move forward") for every image.
@@ -42,30 +43,35 @@ def layout_transform(layout: str, image_size: int | Sequence[int], normalize: bo
 class IndexDataset(Dataset):
     """``(i, image, label)`` of the rows of ``index`` in ``split`` (``partition`` 0/1/2 = train/val/test), in index
     order or in the order of ``image_ids``. The label: CelebA and CelebA-HQ, attribute ``query_label`` as 0/1
-    (long), or all 40 attributes as a float 0/1 vector without a query (as ``CelebADataset``); BDD100k, the index's
-    ``label`` column (1 for every image, as ``BDD10KCE``; the query label picks the classifier's output, not the
-    label: STEEX's output 0 = move forward, :func:`cfx.models.steex.steex_output_index`)."""
+    (long), or all 40 attributes as a float 0/1 vector without a query (as DiME's ``CelebADataset``); BDD100k, the
+    index's ``label`` column (1 for every image, as ``BDD10KCE``; the query label picks the classifier's output, not
+    the label: STEEX's output 0 = move forward, :func:`cfx.models.steex.steex_output_index`). ``origin`` names where
+    the rows came from in the error for unknown ``image_ids`` (default: the index, with its path when read from one)."""
 
     def __init__(self, index: pd.DataFrame | str | Path, layout: str, split: str = "val",
                  image_size: int | Sequence[int] = 128, query_label: int | None = None,
-                 image_ids: Sequence[str] | None = None, normalize: bool = True) -> None:
+                 image_ids: Sequence[str] | None = None, normalize: bool = True,
+                 origin: str | Path | None = None) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got '{split}'")
         self.transform = layout_transform(layout, image_size, normalize)  # rejects layouts it cannot read first
         self.layout = layout
-        source = index if isinstance(index, pd.DataFrame) else Path(index)
-        frame = source if isinstance(source, pd.DataFrame) else pd.read_csv(source, dtype={"image_id": str})
+        if isinstance(index, pd.DataFrame):
+            frame, described = index, f"the {layout} index"
+        else:
+            frame, described = pd.read_csv(index, dtype={"image_id": str}), f"the {layout} index {index}"
         needed = {"image_id", "path", "partition"} | (set(CELEBA_ATTRIBUTES) if layout in SQUARE_LAYOUTS else {"label"})
         absent = sorted(needed - set(frame.columns))
         if absent:
-            raise ValueError(f"the {layout} index {'' if isinstance(source, pd.DataFrame) else source} lacks the "
-                             f"columns {absent[:5]}: rebuild it (rule index_dataset, cfx.data.layouts)")
+            raise ValueError(f"{described} lacks the columns {absent[:5]}: rebuild it (rule index_dataset, "
+                             f"cfx.data.layouts)")
         frame = frame[frame["partition"] == SPLITS[split]]
         if image_ids is not None:
             by_id = frame.set_index("image_id")
             unknown = [i for i in image_ids if i not in by_id.index]
             if unknown:
-                raise KeyError(f"images {unknown[:3]} are not in the {split} split of the {layout} index")
+                where = described if origin is None else origin
+                raise KeyError(f"images {unknown[:3]} are not in the {split} split of {where}")
             frame = by_id.loc[list(image_ids)].reset_index()
         self.frame = frame.reset_index(drop=True)
         self.query_label = query_label
