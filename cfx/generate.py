@@ -28,23 +28,44 @@ from cfx.methods import GENERATED_RESULTS, OUTPUT_FORMAT, get_method, uses_ddpm
 from cfx.runtime.device import select_device, set_threads
 from cfx.runtime.precision import apply_precision, resolve_precision
 from cfx.runtime.seeding import image_generators
+from cfx.suite import class_targets
 
 log = logging.getLogger(__name__)
 
 SPLIT_PARTITION = {"train": 0, "val": 1, "test": 2}
+NUM_IMAGENET_CLASSES = 1000
 
 
 def experiment_images(index: pd.DataFrame, experiment: dict[str, Any]) -> list[str]:
     """Image ids of an experiment in dataset order: the split, capped at ``max_images`` (as upstream's
-    ``batch_size·num_batches`` cap, applied before chunking)."""
+    ``batch_size·num_batches`` cap, applied before chunking). An experiment with ``class_targets`` (ImageNet pairs)
+    takes the images of its source classes in ``ImageFolder`` order (by class, then by file name), as ACE's
+    ``--label_query`` filter and LDCE's ``ImageNetSelect``."""
     split = experiment["split"]
     rows = index[index["partition"] == SPLIT_PARTITION[split]]
     if rows.empty:
         raise ValueError(f"the index holds no image of split '{split}'")
+    targets = class_targets(experiment)
+    if targets is not None:
+        rows = class_rows(rows, targets)
     image_ids = list(rows["image_id"])
     if experiment.get("max_images"):
         image_ids = image_ids[: int(experiment["max_images"])]
     return image_ids
+
+
+def class_rows(rows: pd.DataFrame, targets: dict[int, int]) -> pd.DataFrame:
+    """The rows of the source classes of ``targets``, by class then index order. Class indices count the sorted wnid
+    folders, so they are ImageNet's only when every one of the 1000 class folders is there."""
+    if "wnid" in rows.columns and rows["wnid"].nunique() != NUM_IMAGENET_CLASSES:
+        raise ValueError(f"class_targets {targets} name ImageNet classes by their index among the 1000 sorted wnid "
+                         f"folders, but the index has {rows['wnid'].nunique()} class folders: point data_roots at the "
+                         f"full ImageNet val (all 1000 <wnid>/ folders) and rebuild the index")
+    chosen = rows[rows["label"].isin(list(targets))]
+    absent = sorted(set(targets) - set(chosen["label"]))
+    if absent:
+        raise ValueError(f"the index has no image of source classes {absent} (class_targets {targets})")
+    return chosen.sort_values("label", kind="stable")
 
 
 def chunk_positions(n_images: int, chunk: int, chunks: int) -> list[int]:
@@ -67,16 +88,18 @@ def load_generation_models(
 ) -> dict[str, Any]:
     """Build the networks a method needs from their suite entries and checkpoints (strict loading). The
     classifier is the method's own (``classifier`` in its suite entry: SVCE's robust network) or the
-    experiment's, loaded by its suite kind (:func:`cfx.models.classifier.load_query_classifier`: DiME's format or
-    STEEX's decision classifier, whose output the query label selects); the DDPM is loaded for methods that use one
+    experiment's, loaded by its suite kind (:func:`cfx.models.classifier.load_experiment_classifier`: DiME's format or
+    STEEX's decision classifier, whose output the query label selects, or an ImageNet ResNet-50 behind the method's
+    ``classifier_center_crop``); the DDPM is loaded for methods that use one
     and computes in ``precision`` (``cfx.runtime.precision``: auto = fp16 on CUDA as upstream, fp32 on CPU). GCD:
     the DiffAE named by its suite entry (``diffae``; checkpoint ``diffae``, float16 autocast when the precision
     resolves to fp16, as upstream's ``fp16=True``) and its direction (checkpoint ``direction``, written by the
     direction search)."""
-    from cfx.models.classifier import load_query_classifier
+    from cfx.models.classifier import load_experiment_classifier
 
     clf_spec = model_specs[method_classifier(method_spec, experiment)]
-    classifier = load_query_classifier(clf_spec, checkpoints["classifier"], int(experiment["query_label"]))
+    classifier = load_experiment_classifier(clf_spec, checkpoints["classifier"], experiment,
+                                            center_crop=method_spec.get("classifier_center_crop"))
     models: dict[str, Any] = {"classifier": classifier.to(device).eval()}
     if experiment.get("ddpm") and uses_ddpm(method):
         from cfx.models.adm import load_adm_checkpoint
@@ -109,7 +132,7 @@ def load_generation_models(
         ldm_spec = model_specs[method_spec["ldm"]]
         # fp32 as upstream's sampler (no autocast in cc_ddim.py)
         models["ldm"] = load_ldm_checkpoint(checkpoints["ldm"], ldm_spec["config"]).to(device).eval()
-        models["conditioning"] = ldce_conditioning(method_spec, int(experiment["query_label"]))
+        models["conditioning"] = ldce_conditioning(method_spec, experiment.get("query_label"))
     if float(method_spec.get("config", {}).get("l_perc", 0.0)) > 0:
         from cfx.models.perceptual import load_vgg19_perceptual
 
@@ -121,13 +144,17 @@ def load_generation_models(
     return models
 
 
-def ldce_conditioning(method_spec: dict[str, Any], query_label: int) -> list | None:
+def ldce_conditioning(method_spec: dict[str, Any], query_label: int | None) -> list | None:
     """What LDCE's LDM is conditioned on per target (``cfx.methods.ldce.conditioning_inputs``): None (the target
     itself is the class label, cin256-v2 on ImageNet) or the suite entry's ``conditioning[query_label]`` — one class
     label or prompt per target (index 0: the attribute absent, 1: present)."""
     table = method_spec.get("conditioning")
     if table is None:
         return None
+    if query_label is None:
+        raise ValueError("methods.ldce.conditioning maps a binary query's two targets to prompts, but this experiment "
+                         "has class_targets (its targets are class labels): set conditioning: null for its dataset "
+                         "(methods.ldce.datasets.<dataset>)")
     entry = table.get(query_label, table.get(str(query_label)))
     if entry is None:
         raise KeyError(f"methods.ldce.conditioning has no entry for query label {query_label} "
@@ -208,7 +235,9 @@ def generate_chunk(
     """Generate the counterfactuals of one chunk into the upstream tree and write the chunk manifest.
 
     Images are read from ``index_csv``'s paths with the transform of the dataset's ``layout``
-    (:class:`cfx.data.index_dataset.IndexDataset`: CelebA, CelebA-HQ, BDD100k).
+    (:class:`cfx.data.index_dataset.IndexDataset`: CelebA, CelebA-HQ, BDD100k, ImageNet), resized as the method's
+    ``image_resize`` says where it sets one (LDCE on ImageNet: ``stretch``). Experiments with ``class_targets`` give
+    each image its class's target class.
 
     The method's ``batch_size`` is divided by ``batch_divisor`` (at least 1 image per batch): the workflow passes
     2^(attempt−1) so that a retry after a CUDA out-of-memory error runs with half the batch. ``compile_unet`` wraps
@@ -265,9 +294,11 @@ def generate_chunk(
             layout,
             split=experiment["split"],
             image_size=experiment["image_size"],
-            query_label=int(experiment["query_label"]),
+            query_label=experiment.get("query_label"),
             image_ids=[image_ids[i] for i in todo],
+            resize=method_spec.get("image_resize"),
         )
+        pair_targets = class_targets(experiment)
         bar = tqdm(total=len(todo), desc=f"{method} chunk {chunk}/{chunks}", unit="img", disable=not progress)
         for start in range(0, len(todo), batch_size):
             batch = [dataset[k] for k in range(start, min(start + batch_size, len(todo)))]
@@ -276,9 +307,12 @@ def generate_chunk(
             labels = torch.stack([torch.as_tensor(lab) for _, _, lab in batch]).to(torch_device)
             stems = [tree.stem(i) for i in positions_batch]
             generators = image_generators(seed, method, stems, torch_device)
+            # class-pair experiments: each image's target is its class's partner (ACE --label_target, LDCE's swap map)
+            targets = {} if pair_targets is None else {
+                "targets": torch.tensor([pair_targets[int(y)] for y in labels], device=torch_device)}
             try:
                 output = module.generate(
-                    images, labels, models=models, config=method_spec["config"], generators=generators
+                    images, labels, models=models, config=method_spec["config"], generators=generators, **targets
                 )
             except torch.cuda.OutOfMemoryError:
                 log.error("CUDA out of memory at batch size %d (batch_divisor %d); the %d finished images of this "

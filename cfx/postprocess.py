@@ -84,7 +84,8 @@ def postprocess_chunk(
                                                 config=config, generators=image_generators(seed, "ace/explanation",
                                                                                            batch, torch_device))
             with torch.no_grad():
-                cf_preds = (models["classifier"](2 * explanation - 1) > 0).long()
+                cf_logits = models["classifier"](2 * explanation - 1)
+                cf_preds = cf_logits.argmax(1) if cf_logits.ndim == 2 else (cf_logits > 0).long()
             diff = (explanation - originals).abs().flatten(1)
             for k, stem in enumerate(batch):
                 tree.write_instance(

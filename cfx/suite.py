@@ -213,3 +213,12 @@ def method_settings(suite: dict, method: str, experiment: str | None = None) -> 
         return base
     dataset = section_entry(suite, "experiments", experiment)["dataset"]
     return deep_merge(base, (spec.get("datasets") or {}).get(dataset) or {})
+
+
+def class_targets(experiment: dict[str, Any]) -> dict[int, int] | None:
+    """An experiment's ``class_targets`` (source class → target class, ImageNet class indices in sorted-wnid order)
+    with integer keys, or None for a binary ``query_label`` experiment."""
+    table = experiment.get("class_targets")
+    if not table:
+        return None
+    return {int(source): int(target) for source, target in table.items()}

@@ -145,6 +145,45 @@ def test_bdd100k_bicubic_256x512_and_label_1(tmp_path):
     assert len(IndexDataset(tmp_path / "index.csv", "bdd100k", split="test", image_size=8)) == 0
 
 
+def test_imagenet_resizes_of_each_method_and_class_labels(tmp_path):
+    """ImageNet val: ACE's ImageFolder Resize(s) + CenterCrop(s) by default, LDCE's Resize((s, s)) ("stretch"),
+    SVCE's bicubic Resize((s, s)); the label is the class index of the sorted wnid folders."""
+    root = tmp_path / "val"
+    sizes = {"n01440764": (40, 30), "n01443537": (24, 36)}
+    for number, (wnid, size) in enumerate(sizes.items(), start=1):
+        folder = root / wnid
+        folder.mkdir(parents=True)
+        pixels = np.random.default_rng(number).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"ILSVRC2012_val_{number:08d}.JPEG", quality=95)
+    build_layout_index("imagenet_val", root, tmp_path / "index.csv")
+    references = {
+        None: lambda im: _center_crop(im.resize(_short_side(im.size, 8), Image.BILINEAR), 8),
+        "stretch": lambda im: im.resize((8, 8), Image.BILINEAR),
+        "stretch_bicubic": lambda im: im.resize((8, 8), Image.BICUBIC),
+    }
+    for resize, reference in references.items():
+        dataset = IndexDataset(tmp_path / "index.csv", "imagenet_val", split="val", image_size=8, resize=resize)
+        assert len(dataset) == 2
+        for k, wnid in enumerate(sizes):
+            _, image, label = dataset[k]
+            with Image.open(next((root / wnid).iterdir())) as raw:
+                expected = _to_tensor(reference(raw.convert("RGB")))
+            assert image.shape == (3, 8, 8) and int(label) == k
+            torch.testing.assert_close(image, expected, atol=1e-6, rtol=0)
+
+
+def _short_side(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """torchvision Resize(int): the short side to ``side``, the long one scaled and truncated."""
+    w, h = size
+    return (side, int(side * h / w)) if w <= h else (int(side * w / h), side)
+
+
+def _center_crop(image: Image.Image, side: int) -> Image.Image:
+    w, h = image.size
+    left, top = int(round((w - side) / 2.0)), int(round((h - side) / 2.0))
+    return image.crop((left, top, left + side, top + side))
+
+
 def test_image_shapes_and_errors(tmp_path):
     assert image_shape("celeba", 128) == (128, 128) and image_shape("celebahq", [256, 256]) == (256, 256)
     assert image_shape("bdd100k", 256) == (256, 512) and image_shape("bdd100k", [64, 128]) == (64, 128)
@@ -154,9 +193,10 @@ def test_image_shapes_and_errors(tmp_path):
         with pytest.raises(ValueError, match="image_size"):
             image_shape("bdd100k", bad)
     frame = pd.DataFrame({"image_id": ["a.jpg"], "path": [str(tmp_path / "a.jpg")], "partition": [1], "label": [1]})
-    for layout in ("imagenet_val", "chexpert"):
-        with pytest.raises(NotImplementedError, match=f"layout '{layout}'"):
-            IndexDataset(frame, layout, image_size=224)
+    with pytest.raises(NotImplementedError, match="layout 'chexpert'"):
+        IndexDataset(frame, "chexpert", image_size=224)
+    with pytest.raises(ValueError, match="image_resize 'crop'"):
+        IndexDataset(frame, "imagenet_val", image_size=224, resize="crop")
     with pytest.raises(ValueError, match="lacks the columns"):
         IndexDataset(frame, "celebahq", image_size=4)
     with pytest.raises(KeyError, match="b.jpg"):

@@ -6,10 +6,13 @@
   dataset on a CelebA root read directly, without an index (training reads it that way);
 * ``celebahq``: ACE's ``guided_diffusion/image_datasets.py:CelebAHQDataset`` (§3.3): the same Resize + CenterCrop;
 * ``bdd100k``: ACE's ``guided_diffusion/image_datasets.py:BDD10KCE`` (§3.3): bicubic resize to (H, W) = (s, 2s),
-  256×512 for ``--image_size 256``, no crop; label 1 ("move forward") for every image.
+  256×512 for ``--image_size 256``, no crop; label 1 ("move forward") for every image;
+* ``imagenet_val``: the class index (sorted wnids, ``ImageFolder``) as label; each method resizes as its upstream
+  loader (``resize``, :data:`cfx.data.layouts.RESIZES`): ACE's ``ImageFolder`` Resize(256) + CenterCrop(256)
+  (the default), LDCE's ``Resize((256, 256))`` (``stretch``), SVCE's bicubic 224×224 (``stretch_bicubic``).
 
 Images come from the index's absolute ``path`` and are normalised to [−1,1] (``Normalize(0.5, 0.5)``, as DiME; ACE
-reads [0,1] and normalises inside its networks) unless ``normalize=False``. ImageNet and CheXpert raise
+reads [0,1] and normalises inside its networks) unless ``normalize=False``. CheXpert raises
 :class:`NotImplementedError` (:data:`cfx.data.layouts.NO_TRANSFORM_YET` says why)."""
 
 from __future__ import annotations
@@ -24,16 +27,21 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
 from cfx.data.celeba import CELEBA_ATTRIBUTES, SPLITS, load_rgb
-from cfx.data.layouts import SQUARE_LAYOUTS, image_shape
+from cfx.data.layouts import ATTRIBUTE_LAYOUTS, image_shape, resize_mode
 
 
-def layout_transform(layout: str, image_size: int | Sequence[int], normalize: bool = True) -> transforms.Compose:
-    """The PIL → tensor transform of ``layout`` at ``image_size`` (:func:`cfx.data.layouts.image_shape`)."""
+def layout_transform(layout: str, image_size: int | Sequence[int], normalize: bool = True,
+                     resize: str | None = None) -> transforms.Compose:
+    """The PIL → tensor transform of ``layout`` at ``image_size`` (:func:`cfx.data.layouts.image_shape`) with the
+    layout's upstream resize or ``resize`` (:func:`cfx.data.layouts.resize_mode`)."""
     height, width = image_shape(layout, image_size)
-    if layout in SQUARE_LAYOUTS:  # DiME CelebADataset / ACE CelebAHQDataset, random flip and crop off
-        steps = [transforms.Resize(height), transforms.CenterCrop(height)]
-    else:  # ACE BDD10KCE.transforms: TF.resize(img, (H, W), BICUBIC), no crop
-        steps = [transforms.Resize((height, width), interpolation=InterpolationMode.BICUBIC)]
+    mode = resize_mode(layout, resize)
+    if mode == "center_crop":  # DiME CelebADataset / ACE CelebAHQDataset, ImageFolder; random flip and crop off
+        steps = [transforms.Resize(height), transforms.CenterCrop((height, width))]
+    else:  # LDCE ImageNet: Resize((H, W)); ACE BDD10KCE: TF.resize(img, (H, W), BICUBIC); no crop
+        bicubic = mode == "stretch_bicubic"
+        steps = [transforms.Resize((height, width),
+                                   interpolation=InterpolationMode.BICUBIC if bicubic else InterpolationMode.BILINEAR)]
     steps.append(transforms.ToTensor())
     if normalize:
         steps.append(transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]))
@@ -43,24 +51,27 @@ def layout_transform(layout: str, image_size: int | Sequence[int], normalize: bo
 class IndexDataset(Dataset):
     """``(i, image, label)`` of the rows of ``index`` in ``split`` (``partition`` 0/1/2 = train/val/test), in index
     order or in the order of ``image_ids``. The label: CelebA and CelebA-HQ, attribute ``query_label`` as 0/1
-    (long), or all 40 attributes as a float 0/1 vector without a query (as DiME's ``CelebADataset``); BDD100k, the
-    index's ``label`` column (1 for every image, as ``BDD10KCE``; the query label picks the classifier's output, not
-    the label: STEEX's output 0 = move forward, :func:`cfx.models.steex.steex_output_index`). ``origin`` names where
-    the rows came from in the error for unknown ``image_ids`` (default: the index, with its path when read from one)."""
+    (long), or all 40 attributes as a float 0/1 vector without a query (as DiME's ``CelebADataset``); ImageNet, the
+    class index (the index's ``label``); BDD100k, the index's ``label`` column (1 for every image, as ``BDD10KCE``;
+    the query label picks the classifier's output, not the label: STEEX's output 0 = move forward,
+    :func:`cfx.models.steex.steex_output_index`). ``resize``: the method's resize (:data:`cfx.data.layouts.RESIZES`),
+    else the layout's. ``origin`` names where the rows came from in the error for unknown ``image_ids`` (default:
+    the index, with its path when read from one)."""
 
     def __init__(self, index: pd.DataFrame | str | Path, layout: str, split: str = "val",
                  image_size: int | Sequence[int] = 128, query_label: int | None = None,
                  image_ids: Sequence[str] | None = None, normalize: bool = True,
-                 origin: str | Path | None = None) -> None:
+                 origin: str | Path | None = None, resize: str | None = None) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got '{split}'")
-        self.transform = layout_transform(layout, image_size, normalize)  # rejects layouts it cannot read first
+        self.transform = layout_transform(layout, image_size, normalize, resize)  # rejects unreadable layouts first
         self.layout = layout
         if isinstance(index, pd.DataFrame):
             frame, described = index, f"the {layout} index"
         else:
             frame, described = pd.read_csv(index, dtype={"image_id": str}), f"the {layout} index {index}"
-        needed = {"image_id", "path", "partition"} | (set(CELEBA_ATTRIBUTES) if layout in SQUARE_LAYOUTS else {"label"})
+        labels = set(CELEBA_ATTRIBUTES) if layout in ATTRIBUTE_LAYOUTS else {"label"}
+        needed = {"image_id", "path", "partition"} | labels
         absent = sorted(needed - set(frame.columns))
         if absent:
             raise ValueError(f"{described} lacks the columns {absent[:5]}: rebuild it (rule index_dataset, "
@@ -82,7 +93,7 @@ class IndexDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         row = self.frame.iloc[i]
         image = self.transform(load_rgb(Path(row["path"])))
-        if self.layout not in SQUARE_LAYOUTS:
+        if self.layout not in ATTRIBUTE_LAYOUTS:
             label = torch.tensor(int(row["label"]), dtype=torch.long)
         elif self.query_label is None:
             label = torch.tensor((row[CELEBA_ATTRIBUTES].to_numpy(dtype="int64") + 1) // 2, dtype=torch.float32)

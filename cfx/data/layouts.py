@@ -196,23 +196,30 @@ DOWNLOAD_HINTS = {
 }
 
 
-# layouts whose images generation reads (cfx.data.index_dataset.IndexDataset); square crops or BDD's (H, W) resize
-SQUARE_LAYOUTS = ("celeba", "celebahq")
+# layouts whose images generation reads (cfx.data.index_dataset.IndexDataset). Attribute layouts label an image by
+# a CelebA attribute (the experiment's query); the others by the index's label column (ImageNet: the class index).
+ATTRIBUTE_LAYOUTS = ("celeba", "celebahq")
+SQUARE_LAYOUTS = (*ATTRIBUTE_LAYOUTS, "imagenet_val")
 IMAGE_LAYOUTS = (*SQUARE_LAYOUTS, "bdd100k")
+# How an image is brought to the networks' size, as each upstream loader does it:
+#   center_crop      Resize(s) (short side, bilinear) + CenterCrop(s): DiME CelebADataset, ACE CelebAHQDataset, ACE's
+#                    ImageNet ImageFolder (reference/dime_ace.md §3.3)
+#   stretch          Resize((H, W)), bilinear, aspect distorted: LDCE's ImageNet (reference/ldce_gcd_svce.md §1.8)
+#   stretch_bicubic  Resize((H, W)), bicubic: ACE's BDD10KCE (dime_ace.md §3.3), SVCE's ImageNet (ldce_gcd_svce.md §3.3)
+RESIZES = ("center_crop", "stretch", "stretch_bicubic")
+DEFAULT_RESIZE = {"celeba": "center_crop", "celebahq": "center_crop", "imagenet_val": "center_crop",
+                  "bdd100k": "stretch_bicubic"}
 NO_TRANSFORM_YET = {
-    "imagenet_val": "the upstream scripts resize ImageNet differently per method (ACE: Resize(256) + CenterCrop(256); "
-                    "LDCE: 256x256 without crop; SVCE: bicubic 224x224), and experiments have no class-pair query yet "
-                    "(README, Paper tables: Still to come)",
     "chexpert": "GCD reads CheXpert as grayscale images already at the classifier's 224 px and does no resizing "
                 "(reference/ldce_gcd_svce.md §2.7); its DiffAE is single-channel: no transform here yet",
 }
 
 
 def image_shape(layout: str, image_size: int | Sequence[int]) -> tuple[int, int]:
-    """(H, W) of the images generation feeds the networks for an experiment's ``image_size``. CelebA and CelebA-HQ
-    are square crops (DiME's ``CelebADataset``, ACE's ``CelebAHQDataset``: ``Resize(s)`` + ``CenterCrop(s)``):
-    ``s`` or ``[s, s]``. BDD100k is ACE's ``BDD10KCE`` resize (``guided_diffusion/image_datasets.py``): an int ``s``
-    is its ``--image_size s`` = (s, 2s), e.g. 256 -> 256x512; ``[H, W]`` is taken as given."""
+    """(H, W) of the images generation feeds the networks for an experiment's ``image_size``. CelebA, CelebA-HQ and
+    ImageNet are square (``s`` or ``[s, s]``). BDD100k is ACE's ``BDD10KCE`` resize
+    (``guided_diffusion/image_datasets.py``): an int ``s`` is its ``--image_size s`` = (s, 2s), e.g. 256 -> 256x512;
+    ``[H, W]`` is taken as given."""
     if isinstance(image_size, bool) or not isinstance(image_size, int | Sequence) or isinstance(image_size, str):
         raise ValueError(f"image_size must be an integer or [height, width], got {image_size!r}")
     sizes = [image_size] if isinstance(image_size, int) else list(image_size)
@@ -222,12 +229,21 @@ def image_shape(layout: str, image_size: int | Sequence[int]) -> tuple[int, int]
         raise NotImplementedError(f"generation cannot read layout '{layout}' yet: {NO_TRANSFORM_YET[layout]}")
     if layout in SQUARE_LAYOUTS:
         if len(sizes) == 2 and sizes[0] != sizes[1]:
-            raise ValueError(f"layout '{layout}' gives square crops (Resize + CenterCrop); image_size {image_size!r} "
-                             f"is not square: give one integer")
+            raise ValueError(f"layout '{layout}' gives square images; image_size {image_size!r} is not square: give "
+                             f"one integer")
         return sizes[0], sizes[0]
     if layout == "bdd100k":
         return (sizes[0], 2 * sizes[0]) if len(sizes) == 1 else (sizes[0], sizes[1])
     raise ValueError(f"unknown dataset layout '{layout}'; known: {', '.join(LAYOUTS)}")
+
+
+def resize_mode(layout: str, resize: str | None = None) -> str:
+    """The resize an experiment's images get: ``resize`` (a method's ``image_resize`` for the dataset, e.g. LDCE's
+    ``stretch`` on ImageNet) or the layout's upstream default (:data:`DEFAULT_RESIZE`)."""
+    mode = resize or DEFAULT_RESIZE.get(layout)
+    if mode not in RESIZES:
+        raise ValueError(f"image_resize '{mode}' (layout {layout}) is not one of {', '.join(RESIZES)}")
+    return mode
 
 
 def download_hint(layout: str) -> str:

@@ -267,7 +267,8 @@ def generate(images: torch.Tensor, labels: torch.Tensor, *, models: dict[str, An
 
     images01 = (images + 1) / 2
     logits = classifier(images)
-    multiclass = bool(cfg["multiclass"])
+    # upstream decides by dataset (BINARYDATASET); here by the classifier's output: (B,) binary, (B, K) classes
+    multiclass = cfg["multiclass"] = bool(cfg["multiclass"]) or logits.ndim == 2
     preds = logits.argmax(1) if multiclass else (logits > 0).long()
     if targets is None:
         if multiclass:

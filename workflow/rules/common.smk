@@ -176,7 +176,7 @@ def generate_inputs(wildcards):
         # DiME's perceptual loss reads this file (methods.dime.vgg19_weights): make or download it first
         inputs["vgg19"] = perceptual
     if method in OWN_MODEL_KEY:
-        inputs[OWN_MODEL_KEY[method]] = network_checkpoint(method_model(method))
+        inputs[OWN_MODEL_KEY[method]] = network_checkpoint(method_model(method, wildcards.experiment))
     if method == "gcd":
         inputs["direction"] = f"results/gcd/{wildcards.experiment}/direction.pt"
     return with_stamps(inputs)
@@ -187,7 +187,7 @@ def generation_models(wildcards):
     names = [name for name in generation_networks(wildcards) if name]
     method = getattr(wildcards, "method", None)
     if method in OWN_MODEL_KEY:
-        names.append(method_model(method))
+        names.append(method_model(method, wildcards.experiment))
     return {name: section_entry(SUITE, "models", name) for name in names}
 
 
@@ -198,11 +198,13 @@ def network_checkpoint(name):
     return suite_network_checkpoint(SUITE, name)
 
 
-def method_model(method):
+def method_model(method, experiment=None):
     """The models entry of the network a method brings (cfx.methods.OWN_MODEL_KEY: methods.gcd.diffae, GCD's DiffAE;
-    methods.ldce.ldm, LDCE's latent diffusion model)."""
+    methods.ldce.ldm, LDCE's latent diffusion model), with the experiment's dataset settings merged (LDCE: miniSD on
+    CelebA-HQ, cin256-v2 on ImageNet)."""
     key = OWN_MODEL_KEY[method]
-    name = section_entry(SUITE, "methods", method).get(key)
+    section_entry(SUITE, "methods", method)
+    name = method_settings(SUITE, method, experiment).get(key)
     if not name:
         raise ValueError(f"suite {SUITE['name']}: methods.{method} needs '{key}' (the models entry of its network)")
     section_entry(SUITE, "models", name)
