@@ -2,10 +2,13 @@
 
 Per image: ``m = Σ_c |x' − x|`` min–max normalised, pixels ranked by ``m`` descending; with ``s = max(1, HW//50)``
 the next ``s`` pixels of the CF are inserted into the original at each step, ``x_k = x'⊙M_k + x⊙(1−M_k)``.
-Binary: ``c_k = σ(±logit(x_k))`` = p(original prediction), ``c'_k = 1 − c_k``; multiclass: softmax of the
-query and target classes. ``AUC(c) = (c_0/2 + Σ c_{1..n−1} + c_n/2)·s/HW``; ``COUT = mean(AUC(c') − AUC(c))``
-over correctly classified inputs (reference/dime_ace.md §4.6). Inputs in [0,1] as upstream, fed to the
-classifier as [−1,1] (ACE wraps it in ``Normalizer(0.5, 0.5)``: the same thing).
+Binary: ``c_k = σ(±logit(x_k))`` = p(original prediction), ``c'_k = 1 − c_k``; multiclass (ImageNet pairs):
+the softmax of each image's source class (its prediction, = its label for the correctly classified inputs read here)
+and of its target class, both from its Info file, so the two directions of a pair are scored in one pass (LDCE's
+dev scripts average the directions; the mean over images weights them by their counts).
+``AUC(c) = (c_0/2 + Σ c_{1..n−1} + c_n/2)·s/HW``; ``COUT = mean(AUC(c') − AUC(c))`` over correctly classified inputs
+(reference/dime_ace.md §4.6). Inputs in [0,1] as upstream, fed to the classifier as [−1,1] (ACE wraps it in
+``Normalizer(0.5, 0.5)``: the same thing).
 """
 
 from __future__ import annotations
@@ -41,14 +44,16 @@ def difference_masks(originals: torch.Tensor, cfs: torch.Tensor) -> torch.Tensor
     return torch.where(peak > 0, masks / peak.clamp_min(torch.finfo(masks.dtype).tiny), torch.zeros_like(masks))
 
 
-def _probabilities(logits: torch.Tensor, original_positive: torch.Tensor | None, query: int | None,
-                   target: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _probabilities(logits: torch.Tensor, original_positive: torch.Tensor | None, query: int | torch.Tensor | None,
+                   target: int | torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     if logits.ndim == 1:  # binary: the curve of the original prediction (ACE get_probs, binary=True)
         sign = original_positive.float() * 2 - 1
         c = torch.sigmoid(sign * logits)
         return c, 1 - c
     probs = torch.softmax(logits, dim=1)
-    return probs[:, query], probs[:, target]
+    rows = torch.arange(len(probs), device=probs.device)
+    return probs[rows, torch.as_tensor(query, device=probs.device)], probs[rows, torch.as_tensor(target,
+                                                                                               device=probs.device)]
 
 
 def auc(curve: torch.Tensor) -> torch.Tensor:
@@ -58,10 +63,11 @@ def auc(curve: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def cout_scores(originals: torch.Tensor, cfs: torch.Tensor, classifier: Callable[[torch.Tensor], torch.Tensor], *,
-                query: int | None = None, target: int | None = None,
+                query: int | torch.Tensor | None = None, target: int | torch.Tensor | None = None,
                 num_steps: int = NUM_STEPS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-image COUT of [0,1] batches, and the mean c and c' curves. ``classifier`` takes [0,1] images and
-    returns binary logits (N,) or class logits (N, C) (then ``query`` and ``target`` are class indices)."""
+    returns binary logits (N,) or class logits (N, C); then ``query`` and ``target`` are class indices, one for the
+    batch or one per image."""
     n, _, height, width = originals.shape
     num_pixels = height * width
     step = max(1, num_pixels // num_steps)
@@ -84,13 +90,16 @@ def cout_scores(originals: torch.Tensor, cfs: torch.Tensor, classifier: Callable
 def compute_tree(tree_root: Path, method: str, ctx: MetricContext) -> dict[str, Any]:
     pairs = collect_pairs(tree_root, method, CORRECTLY_CLASSIFIED, "cout")
     ref = ctx.network("classifier", "cout")
-    query = int(ctx.experiment["query_label"])
-    logits = load_classifier_logits(ref, query, ctx.device)
-    target = ctx.options.get("target_label")
+    query_label = ctx.experiment.get("query_label")
+    logits = load_classifier_logits(ref, query_label, ctx.device)
     scores, c_curves, c_prime_curves = [], [], []
     originals = image_batches([p["original_path"] for p in pairs], BATCH_SIZE, "cout")
     cfs = image_batches([p["cf_path"] for p in pairs], BATCH_SIZE)
-    for x, x_cf in zip(originals, cfs, strict=True):
+    for start, (x, x_cf) in enumerate(zip(originals, cfs, strict=True)):
+        batch = pairs[start * BATCH_SIZE:(start + 1) * BATCH_SIZE]
+        # multiclass: each image's own source (its prediction) and target class, as written in its Info file
+        query = torch.tensor([int(p["info"]["pred"]) for p in batch])
+        target = torch.tensor([int(p["info"]["target"]) for p in batch])
         per_image, c, c_prime = cout_scores(x.to(ctx.device), x_cf.to(ctx.device), lambda z: logits(z * 2 - 1),
                                             query=query, target=target)
         scores.append(per_image.cpu())

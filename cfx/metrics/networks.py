@@ -154,13 +154,21 @@ def load_simsiam_projector(ref: NetworkRef, device: str = "cpu") -> Batch:
     raise ValueError(f"network '{ref.name}' of kind '{ref.kind}' cannot serve S³ (kinds: simsiam, oracle)")
 
 
-def load_classifier_logits(ref: NetworkRef, query_label: int, device: str = "cpu") -> Batch:
+def load_classifier_logits(ref: NetworkRef, query_label: int | None, device: str = "cpu") -> Batch:
     """[−1,1] images → the experiment classifier's logits (binary: the query attribute's logit, shape N); a
     ``robust_classifier`` (SVCE's) is stored in the same format; ``steex_classifier``: STEEX's decision classifier,
-    the query label mapped to its output (CelebA-HQ 20/31/39 → 0/1/2)."""
+    the query label mapped to its output (CelebA-HQ 20/31/39 → 0/1/2); the ImageNet kinds
+    (``torchvision_resnet50``, ``madry_ft``): all 1000 logits of the whole image (N, 1000), as ACE's
+    ``compute_COUT.py`` feeds its ResNet-50 (``query_label`` unused)."""
     from cfx.models.classifier import QUERY_CLASSIFIER_KINDS, load_query_classifier
+    from cfx.models.imagenet_classifier import MULTICLASS_KINDS, load_imagenet_classifier
 
+    if ref.kind in MULTICLASS_KINDS:
+        network = load_imagenet_classifier(ref.kind, _checkpoint(ref)).to(device).eval().requires_grad_(False)
+        return lambda x: network(x.to(device))
     if ref.kind in QUERY_CLASSIFIER_KINDS:
+        if query_label is None:
+            raise ValueError(f"network '{ref.name}' answers a binary query, but the experiment has no query_label")
         query = load_query_classifier(ref.spec, _checkpoint(ref), int(query_label))
         query = query.to(device).eval().requires_grad_(False)
         return lambda x: query(x.to(device))
