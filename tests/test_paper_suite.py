@@ -17,7 +17,7 @@ from PIL import Image
 
 from cfx.data.synthetic import write_synthetic_celeba
 from cfx.suite import load_suite, method_network, method_settings, metric_networks, network_checkpoint
-from tests.test_layouts import fake_celebahq
+from tests.test_layouts import fake_celebahq, fake_imagenet_val
 from tests.test_workflow import _copy_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,9 +61,10 @@ def _table_needs(suite: dict, table: str, chunks: int) -> dict[str, object]:
             for network in metric_networks(suite, metric, experiment).values():
                 if network["checkpoint"]:
                     checkpoints.add(network["checkpoint"])
-    for method, key in (("ldce", "ldm"), ("gcd", "diffae")):
+    for method, key in (("ldce", "ldm"), ("gcd", "diffae")):  # per dataset: LDCE's miniSD or cin256-v2
         if method in spec["methods"]:
-            checkpoints.add(network_checkpoint(suite, suite["methods"][method][key]))
+            for experiment in experiments:
+                checkpoints.add(network_checkpoint(suite, method_settings(suite, method, experiment)[key]))
     for experiment in experiments:
         dime = method_settings(suite, "dime", experiment)
         if "dime" in spec["methods"] and dime["config"].get("l_perc", 0) > 0:
@@ -153,16 +154,49 @@ def test_method_and_metric_settings_per_dataset():
     assert metric_networks(suite, "cout", "bdd100k_forward", "ace")["classifier"]["name"] == "steex_bdd_classifier"
 
 
+def test_imagenet_pair_experiments_follow_ace_and_ldce_scripts():
+    """table3's tasks are ACE's / LDCE's three class pairs, each image towards the other class (dime_ace.md §2.6,
+    ldce_gcd_svce.md §1.5); ACE runs imagenet-attack.sh's settings, LDCE v1_zs's with cin256-v2 conditioned on the
+    target class, a stretched 256² image and the 224 centre crop (§1.4, §1.6, §1.8)."""
+    suite = load_suite(PAPER)
+    pairs = {"imagenet_zebra_sorrel": (340, 339), "imagenet_cheetah_cougar": (293, 286),
+             "imagenet_egyptian_persian": (285, 283)}
+    assert set(suite["tables"]["table3"]["tasks"].values()) == set(pairs)
+    for experiment, (a, b) in pairs.items():
+        spec = suite["experiments"][experiment]
+        assert {int(k): v for k, v in spec["class_targets"].items()} == {a: b, b: a}
+        assert "query_label" not in spec and spec["dataset"] == "imagenet"
+        ace = method_settings(suite, "ace", experiment)
+        assert (ace["timestep_respacing"], ace["batch_size"]) == ("25", 1)
+        assert ace["config"]["attack_iterations"] == 100 and ace["config"]["sampling_time_fraction"] == 0.2
+        assert ace["config"]["multiclass"] is True and "image_resize" not in ace  # ImageFolder Resize + CenterCrop
+        ldce = method_settings(suite, "ldce", experiment)
+        assert ldce["ldm"] == "ldm_cin256_v2" and ldce["conditioning"] is None
+        assert (ldce["image_resize"], ldce["classifier_center_crop"], ldce["batch_size"]) == ("stretch", 224, 4)
+        assert {k: ldce["config"][k] for k in ("strength", "classifier_lambda", "dist_lambda",
+                                               "deg_cone_projection")} == {"strength": 0.342, "classifier_lambda": 2.0,
+                                                                           "dist_lambda": 0.25,
+                                                                           "deg_cone_projection": 40.0}
+        cout = metric_networks(suite, "cout", experiment, "ldce")["classifier"]
+        assert cout["name"] == "torchvision_resnet50" and cout["spec"]["kind"] == "torchvision_resnet50"
+        assert metric_networks(suite, "s3", experiment)["simsiam"]["name"] == "simsiam_resnet50_100ep"
+    # CelebA-HQ keeps LDCE-txt's miniSD and its prompts
+    assert method_settings(suite, "ldce", "celebahq_smile")["ldm"] == "minisd"
+    assert method_settings(suite, "ldce", "celebahq_smile")["conditioning"]["31"][1] == "a photo of a smiling person"
+
+
 def _fake_roots(root: Path) -> dict[str, Path]:
-    """Tiny data roots in the upstream layouts of CelebA (Kaggle CSVs) and BDD100k (images/100k/val)."""
+    """Tiny data roots in the upstream layouts of CelebA (Kaggle CSVs), BDD100k (images/100k/val) and ImageNet val
+    (class folders)."""
     write_synthetic_celeba(root / "celeba", n_identities=2, images_per_identity=2, image_size=32, seed=0)
+    fake_imagenet_val(root / "imagenet" / "val")
     (root / "bdd" / "images" / "100k" / "val").mkdir(parents=True)
     for k in range(3):
         Image.new("RGB", (16, 8)).save(root / "bdd" / "images" / "100k" / "val" / f"b{k}.jpg")
-    return {"celeba": root / "celeba", "bdd100k": root / "bdd"}
+    return {"celeba": root / "celeba", "bdd100k": root / "bdd", "imagenet": root / "imagenet" / "val"}
 
 
-@pytest.mark.parametrize("table", ["table1", "table2"])
+@pytest.mark.parametrize("table", ["table1", "table2", "table3"])
 def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     wf = _copy_workflow(tmp_path)
     roots = _fake_roots(tmp_path / "data")
@@ -179,8 +213,9 @@ def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     assert outputs["table"] == [f"results/tables/{table}.{ext}" for ext in ("csv", "md", "tex")]
     # as the tables read today: table1 = 2 tasks x (DiME, ACE) x 8 metrics on DiME's CelebA networks (DDPM,
     # classifier, oracle), VGGFace2, Inception and VGG-19; table2 = ACE on BDD100k x 4 metrics (DDPM, classifier,
-    # Inception)
-    sizes = {"table1": (6, 4, 32), "table2": (3, 1, 4)}[table]
+    # Inception); table3 = 3 ImageNet pairs x (ACE, LDCE) x 5 metrics (openai's DDPM, torchvision's ResNet-50,
+    # cin256-v2, SimSiam, Inception)
+    sizes = {"table1": (6, 4, 32), "table2": (3, 1, 4), "table3": (5, 6, 30)}[table]
     assert (len(needs["checkpoints"]), needs["merge_chunks"], needs["metric"]) == sizes
 
 

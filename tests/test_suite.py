@@ -35,6 +35,20 @@ def test_mini_suite_valid_and_ci_scale_smaller():
     assert ci["methods"]["ldce"]["conditioning"] == full["models"]["mini_ldm"]["train"]["classes"]
 
 
+def test_schema_needs_exactly_one_task_kind_per_experiment():
+    """An experiment is a binary query (query_label) or class pairs (class_targets, ImageNet indices), never both
+    or neither; the paper suite (with its ImageNet pairs) is valid."""
+    schema = yaml.safe_load((ROOT / "workflow/schemas/suite.schema.yaml").read_text())
+    paper = {k: v for k, v in load_suite(ROOT / "workflow/suites/paper.yaml").items() if not k.startswith("_")}
+    jsonschema.validate(paper, schema)
+    base = {"dataset": "imagenet", "split": "val", "image_size": 256, "classifier": "c", "methods": ["ace"]}
+    jsonschema.validate({**paper, "experiments": {"pair": {**base, "class_targets": {"340": 339}}}}, schema)
+    for bad in (base, {**base, "query_label": 31, "class_targets": {"340": 339}},
+                {**base, "class_targets": {"340": 1000}}, {**base, "class_targets": {"zebra": 339}}):
+        with pytest.raises(jsonschema.ValidationError, match="pair|340|zebra|1000|oneOf|valid under"):
+            jsonschema.validate({**paper, "experiments": {"pair": bad}}, schema)
+
+
 def test_unknown_names_give_clear_errors(tmp_path):
     suite = load_suite(ROOT / "workflow/suites/mini.yaml")
     with pytest.raises(SuiteError, match="experiment 'nope' is not defined.*known: celeba_smile, celeba_smile_seed5"):
