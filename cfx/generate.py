@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from cfx.data.index_dataset import IndexDataset
+from cfx.data.ldce_targets import image_target, imagefolder_positions, ldce_unique_id, read_image_targets
 from cfx.io.images import save_image_atomic
 from cfx.io.tree import OutputTree, read_info, write_dime_summary
 from cfx.methods import GENERATED_RESULTS, OUTPUT_FORMAT, get_method, uses_ddpm
@@ -34,24 +35,77 @@ log = logging.getLogger(__name__)
 
 SPLIT_PARTITION = {"train": 0, "val": 1, "test": 2}
 NUM_IMAGENET_CLASSES = 1000
+IMAGENET_VAL_PER_CLASS = 50
+LDCE_TARGETS_FILE = "resources/data/ldce/image_idx_to_tgt.yaml"
 
 
 def experiment_images(index: pd.DataFrame, experiment: dict[str, Any]) -> list[str]:
     """Image ids of an experiment in dataset order: the split, capped at ``max_images`` (as upstream's
     ``batch_size·num_batches`` cap, applied before chunking). An experiment with ``class_targets`` (ImageNet pairs)
     takes the images of its source classes in ``ImageFolder`` order (by class, then by file name), as ACE's
-    ``--label_query`` filter and LDCE's ``ImageNetSelect``."""
-    split = experiment["split"]
-    rows = index[index["partition"] == SPLIT_PARTITION[split]]
-    if rows.empty:
-        raise ValueError(f"the index holds no image of split '{split}'")
+    ``--label_query`` filter and LDCE's ``ImageNetSelect``. An experiment with ``image_targets: ldce`` (LDCE's Table 1)
+    takes the whole val set in LDCE's re-interleaved order (:func:`ldce_order`)."""
+    rows = split_rows(index, experiment)
     targets = class_targets(experiment)
     if targets is not None:
         rows = class_rows(rows, targets)
+    elif experiment.get("image_targets"):
+        rows = ldce_order(rows)
     image_ids = list(rows["image_id"])
     if experiment.get("max_images"):
         image_ids = image_ids[: int(experiment["max_images"])]
     return image_ids
+
+
+def split_rows(index: pd.DataFrame, experiment: dict[str, Any]) -> pd.DataFrame:
+    """The index rows of the experiment's split."""
+    split = experiment["split"]
+    rows = index[index["partition"] == SPLIT_PARTITION[split]]
+    if rows.empty:
+        raise ValueError(f"the index holds no image of split '{split}'")
+    return rows
+
+
+def imagefolder_position(rows: pd.DataFrame) -> pd.Series:
+    """Each image's position in ``ImageFolder`` order over the full ImageNet val set (image_id → position), the
+    index of LDCE's ``image_idx_to_tgt.yaml``. Needs all 50 000 images, 50 in each of the 1000 class folders."""
+    counts = rows.groupby("wnid").size() if "wnid" in rows.columns else pd.Series(dtype=int)
+    if len(counts) != NUM_IMAGENET_CLASSES or (counts != IMAGENET_VAL_PER_CLASS).any():
+        total = NUM_IMAGENET_CLASSES * IMAGENET_VAL_PER_CLASS
+        raise ValueError(f"LDCE's per-image targets and order index the {total} ImageNet val images "
+                         f"({IMAGENET_VAL_PER_CLASS} in each of {NUM_IMAGENET_CLASSES} class folders), but the "
+                         f"index has {len(rows)} images in {len(counts)} class folders: point data_roots at the "
+                         f"full ImageNet val and rebuild the index")
+    positions = imagefolder_positions([f"{w}/{i}" for w, i in zip(rows["wnid"], rows["image_id"], strict=True)])
+    return pd.Series(positions, index=rows["image_id"].to_numpy())
+
+
+def ldce_order(rows: pd.DataFrame) -> pd.DataFrame:
+    """The val rows in LDCE's re-interleaved order (``data/datasets.py:ImageNet``): unique id k·1000 + class for the
+    k-th image of a class, so each block of 1000 holds one image per class (:func:`ldce_unique_id`)."""
+    unique_ids = imagefolder_position(rows).map(ldce_unique_id)
+    return rows.assign(_ldce_id=unique_ids.to_numpy()).sort_values("_ldce_id").drop(columns="_ldce_id")
+
+
+def experiment_targets(index: pd.DataFrame, experiment: dict[str, Any], image_ids: list[str],
+                       targets_file: Path | None = None) -> dict[str, int] | None:
+    """Each image's target class for multi-class experiments: its class's partner (``class_targets``) or LDCE's
+    per-image target (``image_targets: ldce``: ``image_idx_to_tgt.yaml`` at the image's ImageFolder position,
+    reference/ldce_gcd_svce.md §1.5); None for binary experiments (the method takes 1 − prediction)."""
+    pairs = class_targets(experiment)
+    if pairs is not None:
+        labels = index.set_index("image_id").loc[image_ids, "label"]
+        return {image_id: pairs[int(label)] for image_id, label in zip(image_ids, labels, strict=True)}
+    if not experiment.get("image_targets"):
+        return None
+    if targets_file is None or not Path(targets_file).is_file():
+        raise FileNotFoundError(f"image_targets: {experiment['image_targets']} needs LDCE's image_idx_to_tgt.yaml "
+                                f"(rule fetch_ldce_targets writes {LDCE_TARGETS_FILE}); got {targets_file}")
+    targets = read_image_targets(targets_file)
+    positions = imagefolder_position(split_rows(index, experiment))
+    if len(targets) != len(positions):
+        raise ValueError(f"{targets_file} lists {len(targets)} targets for {len(positions)} val images")
+    return {image_id: image_target(int(positions[image_id]), targets) for image_id in image_ids}
 
 
 def class_rows(rows: pd.DataFrame, targets: dict[int, int]) -> pd.DataFrame:
@@ -231,13 +285,14 @@ def generate_chunk(
     batch_divisor: int = 1,
     compile_unet: bool = False,
     layout: str = "celeba",
+    targets_file: Path | None = None,
 ) -> dict[str, Any]:
     """Generate the counterfactuals of one chunk into the upstream tree and write the chunk manifest.
 
     Images are read from ``index_csv``'s paths with the transform of the dataset's ``layout``
     (:class:`cfx.data.index_dataset.IndexDataset`: CelebA, CelebA-HQ, BDD100k, ImageNet), resized as the method's
-    ``image_resize`` says where it sets one (LDCE on ImageNet: ``stretch``). Experiments with ``class_targets`` give
-    each image its class's target class.
+    ``image_resize`` says where it sets one (LDCE on ImageNet: ``stretch``). Multi-class experiments give each image
+    its target (:func:`experiment_targets`; ``targets_file``: LDCE's ``image_idx_to_tgt.yaml``).
 
     The method's ``batch_size`` is divided by ``batch_divisor`` (at least 1 image per batch): the workflow passes
     2^(attempt−1) so that a retry after a CUDA out-of-memory error runs with half the batch. ``compile_unet`` wraps
@@ -247,6 +302,7 @@ def generate_chunk(
     index = pd.read_csv(index_csv, dtype={"image_id": str})
     image_ids = experiment_images(index, experiment)
     positions = chunk_positions(len(image_ids), chunk, chunks)
+    image_targets = experiment_targets(index, experiment, [image_ids[i] for i in positions], targets_file)
     module = get_method(method)
     ext, info_format = OUTPUT_FORMAT[method]
     tree = OutputTree(Path(tree_root), GENERATED_RESULTS[method], ext=method_spec.get("ext", ext),
@@ -298,7 +354,6 @@ def generate_chunk(
             image_ids=[image_ids[i] for i in todo],
             resize=method_spec.get("image_resize"),
         )
-        pair_targets = class_targets(experiment)
         bar = tqdm(total=len(todo), desc=f"{method} chunk {chunk}/{chunks}", unit="img", disable=not progress)
         for start in range(0, len(todo), batch_size):
             batch = [dataset[k] for k in range(start, min(start + batch_size, len(todo)))]
@@ -307,9 +362,9 @@ def generate_chunk(
             labels = torch.stack([torch.as_tensor(lab) for _, _, lab in batch]).to(torch_device)
             stems = [tree.stem(i) for i in positions_batch]
             generators = image_generators(seed, method, stems, torch_device)
-            # class-pair experiments: each image's target is its class's partner (ACE --label_target, LDCE's swap map)
-            targets = {} if pair_targets is None else {
-                "targets": torch.tensor([pair_targets[int(y)] for y in labels], device=torch_device)}
+            # multi-class experiments: the class pair's partner (ACE --label_target, LDCE's swap map) or LDCE's list
+            targets = {} if image_targets is None else {
+                "targets": torch.tensor([image_targets[image_ids[i]] for i in positions_batch], device=torch_device)}
             try:
                 output = module.generate(
                     images, labels, models=models, config=method_spec["config"], generators=generators, **targets

@@ -206,13 +206,15 @@ def table_pairs(suite: dict, table: str) -> list[tuple[str, str]]:
 def method_settings(suite: dict, method: str, experiment: str | None = None) -> dict:
     """``methods.<method>`` with ``methods.<method>.datasets.<the experiment's dataset>`` deep-merged over it (the
     upstream script of each method x dataset pair, e.g. ACE's celeba-attack.sh vs celebahq-attack.sh) and the
-    ``datasets`` key itself removed, so one dataset's settings never change another's job parameters."""
+    ``datasets`` key itself removed, so one dataset's settings never change another's job parameters; then the
+    experiment's own ``method_settings.<method>`` (LDCE's Table 1 and Table 2 runs differ on the same dataset)."""
     spec = section_entry(suite, "methods", method)
     base = {k: v for k, v in spec.items() if k != "datasets"}
     if experiment is None:
         return base
-    dataset = section_entry(suite, "experiments", experiment)["dataset"]
-    return deep_merge(base, (spec.get("datasets") or {}).get(dataset) or {})
+    entry = section_entry(suite, "experiments", experiment)
+    merged = deep_merge(base, (spec.get("datasets") or {}).get(entry["dataset"]) or {})
+    return deep_merge(merged, (entry.get("method_settings") or {}).get(method) or {})
 
 
 def class_targets(experiment: dict[str, Any]) -> dict[int, int] | None:

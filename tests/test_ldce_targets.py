@@ -106,3 +106,51 @@ def test_fetch_downloads_atomically_and_verifies_the_pinned_digests(tmp_path, mo
     with pytest.raises(ChecksumError, match="synset_closest_idx.yaml"):
         fetch_ldce_target_files(tmp_path / "other", timeout=5)
     assert not (tmp_path / "other" / "synset_closest_idx.yaml").exists()
+
+
+def _full_val_index(shuffle_seed: int = 0):
+    """An index of a full ImageNet val (1000 wnid folders x 50 images), rows in val-number order as
+    read_imagenet_val writes them: val numbers are dealt to classes in a shuffled order, as in the real val set."""
+    import pandas as pd
+
+    numbers = list(range(1, 50_001))
+    random.Random(shuffle_seed).shuffle(numbers)
+    rows = [(n, f"n{c:08d}", c) for c in range(1000) for n in sorted(numbers[c * 50:(c + 1) * 50])]
+    rows.sort()
+    return pd.DataFrame({"image_id": [f"ILSVRC2012_val_{n:08d}.JPEG" for n, _, _ in rows],
+                         "path": [f"/val/{w}/ILSVRC2012_val_{n:08d}.JPEG" for n, w, _ in rows], "partition": 1,
+                         "wnid": [w for _, w, _ in rows], "label": [c for _, _, c in rows]})
+
+
+def test_table1_experiment_takes_ldce_order_and_per_image_targets(tmp_path):
+    """LDCE's Table 1 experiment (image_targets: ldce): the val set re-interleaved (id k*1000 + class), the first
+    max_images, each image's target read from image_idx_to_tgt.yaml at its ImageFolder position."""
+    from cfx.generate import experiment_images, experiment_targets
+
+    index = _full_val_index()
+    experiment = {"split": "val", "image_targets": "ldce", "max_images": 2500}
+    image_ids = experiment_images(index, experiment)
+    assert len(image_ids) == 2500
+    by_id = index.set_index("image_id")
+    # ImageFolder order: class folder, then file name; the k-th image of class c has LDCE id k*1000 + c
+    folder_order = index.sort_values(["wnid", "image_id"]).reset_index(drop=True)
+    expected = [folder_order.loc[c * 50 + k, "image_id"] for k in range(3) for c in range(1000)][:2500]
+    assert image_ids == expected
+    assert [int(by_id.loc[i, "label"]) for i in image_ids[:1000]] == list(range(1000))
+    targets = [(p * 7 + 3) % 1000 for p in range(50_000)]  # a target per ImageFolder position
+    path = tmp_path / "image_idx_to_tgt.yaml"
+    path.write_text(yaml.safe_dump(dict(enumerate(targets))))
+    chosen = experiment_targets(index, experiment, image_ids[:4], path)
+    position = {row.image_id: i for i, row in folder_order.iterrows()}
+    assert chosen == {i: targets[position[i]] for i in image_ids[:4]}
+    with pytest.raises(FileNotFoundError, match="fetch_ldce_targets"):
+        experiment_targets(index, experiment, image_ids[:4], tmp_path / "absent.yaml")
+    with pytest.raises(ValueError, match="49999 images in 1000 class folders"):
+        experiment_images(index.iloc[1:], experiment)
+    # class pairs: the partner class; binary experiments: none (the method takes 1 - prediction)
+    pair = {"split": "val", "class_targets": {"340": 339, "339": 340}}
+    pair_ids = experiment_images(index, pair)
+    assert [int(by_id.loc[i, "label"]) for i in pair_ids] == [339] * 50 + [340] * 50
+    assert set(experiment_targets(index, pair, pair_ids).values()) == {339, 340}
+    assert all(experiment_targets(index, pair, pair_ids)[i] != by_id.loc[i, "label"] for i in pair_ids)
+    assert experiment_targets(index, {"split": "val", "query_label": 31}, pair_ids) is None

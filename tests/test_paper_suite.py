@@ -180,6 +180,15 @@ def test_imagenet_pair_experiments_follow_ace_and_ldce_scripts():
         cout = metric_networks(suite, "cout", experiment, "ldce")["classifier"]
         assert cout["name"] == "torchvision_resnet50" and cout["spec"]["kind"] == "torchvision_resnet50"
         assert metric_networks(suite, "s3", experiment)["simsiam"]["name"] == "simsiam_resnet50_100ep"
+    # LDCE's Table 1: v1_wider's settings for this experiment only (the pairs keep v1_zs's), LDCE's own targets
+    everything = suite["experiments"]["imagenet_ldce_all"]
+    assert everything["image_targets"] == "ldce" and everything["max_images"] == 10000
+    ldce = method_settings(suite, "ldce", "imagenet_ldce_all")
+    assert (ldce["ldm"], ldce["batch_size"], ldce["image_resize"], ldce["classifier_center_crop"]) == (
+        "ldm_cin256_v2", 5, "stretch", 224)
+    assert {k: ldce["config"][k] for k in ("strength", "classifier_lambda", "dist_lambda", "deg_cone_projection")} == {
+        "strength": 0.382, "classifier_lambda": 2.3, "dist_lambda": 0.3, "deg_cone_projection": 45.0}
+    assert method_settings(suite, "ldce", "imagenet_zebra_sorrel")["config"]["strength"] == 0.342
     # CelebA-HQ keeps LDCE-txt's miniSD and its prompts
     assert method_settings(suite, "ldce", "celebahq_smile")["ldm"] == "minisd"
     assert method_settings(suite, "ldce", "celebahq_smile")["conditioning"]["31"][1] == "a photo of a smiling person"
@@ -196,7 +205,7 @@ def _fake_roots(root: Path) -> dict[str, Path]:
     return {"celeba": root / "celeba", "bdd100k": root / "bdd", "imagenet": root / "imagenet" / "val"}
 
 
-@pytest.mark.parametrize("table", ["table1", "table2", "table3"])
+@pytest.mark.parametrize("table", ["table1", "table2", "table3", "table4"])
 def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     wf = _copy_workflow(tmp_path)
     roots = _fake_roots(tmp_path / "data")
@@ -214,9 +223,12 @@ def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     # as the tables read today: table1 = 2 tasks x (DiME, ACE) x 8 metrics on DiME's CelebA networks (DDPM,
     # classifier, oracle), VGGFace2, Inception and VGG-19; table2 = ACE on BDD100k x 4 metrics (DDPM, classifier,
     # Inception); table3 = 3 ImageNet pairs x (ACE, LDCE) x 5 metrics (openai's DDPM, torchvision's ResNet-50,
-    # cin256-v2, SimSiam, Inception)
-    sizes = {"table1": (6, 4, 32), "table2": (3, 1, 4), "table3": (5, 6, 30)}[table]
+    # cin256-v2, SimSiam, Inception); table4 = LDCE on all ImageNet classes x 5 metrics (ResNet-50, cin256-v2,
+    # SimSiam, Inception), reading LDCE's per-image targets
+    sizes = {"table1": (6, 4, 32), "table2": (3, 1, 4), "table3": (5, 6, 30), "table4": (4, 1, 5)}[table]
     assert (len(needs["checkpoints"]), needs["merge_chunks"], needs["metric"]) == sizes
+    ldce_targets = ["resources/data/ldce/image_idx_to_tgt.yaml", "resources/data/ldce/synset_closest_idx.yaml"]
+    assert outputs.get("fetch_ldce_targets", []) == (ldce_targets if table == "table4" else [])
 
 
 def test_table6_dry_run_plans_the_whole_table(tmp_path):

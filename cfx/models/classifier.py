@@ -132,16 +132,16 @@ def load_query_classifier(spec: dict, path: str | Path, query_label: int) -> Que
 def load_experiment_classifier(spec: dict, path: str | Path, experiment: dict,
                                center_crop: int | None = None) -> nn.Module:
     """The classifier an experiment explains, on [−1,1] images: an ImageNet classifier (suite kinds
-    ``torchvision_resnet50``, ``madry_ft``; 1000 logits; experiments with ``class_targets``; ``center_crop``: LDCE's
-    224 crop, :mod:`cfx.models.imagenet_classifier`) or a binary query classifier (:func:`load_query_classifier`,
-    experiments with ``query_label``)."""
+    ``torchvision_resnet50``, ``madry_ft``; 1000 logits; experiments with ``class_targets`` or ``image_targets``;
+    ``center_crop``: LDCE's 224 crop, :mod:`cfx.models.imagenet_classifier`) or a binary query classifier
+    (:func:`load_query_classifier`, experiments with ``query_label``)."""
     from cfx.models.imagenet_classifier import MULTICLASS_KINDS, load_imagenet_classifier
 
     kind = str(spec.get("kind") or "classifier")
     if kind in MULTICLASS_KINDS:
-        if not experiment.get("class_targets"):
+        if not (experiment.get("class_targets") or experiment.get("image_targets")):
             raise ValueError(f"classifier {path} (kind {kind}) has 1000 classes: its experiment needs class_targets "
-                             f"(source class -> target class), not a binary query_label")
+                             f"(source class -> target class) or image_targets, not a binary query_label")
         return load_imagenet_classifier(kind, path, center_crop)
     if experiment.get("query_label") is None:
         raise ValueError(f"classifier {path} (kind {kind}) answers a binary query: its experiment needs query_label")

@@ -179,6 +179,8 @@ def generate_inputs(wildcards):
         inputs[OWN_MODEL_KEY[method]] = network_checkpoint(method_model(method, wildcards.experiment))
     if method == "gcd":
         inputs["direction"] = f"results/gcd/{wildcards.experiment}/direction.pt"
+    if spec.get("image_targets") == "ldce":  # LDCE's per-image ImageNet targets (rule fetch_ldce_targets)
+        inputs["targets"] = "resources/data/ldce/image_idx_to_tgt.yaml"
     return with_stamps(inputs)
 
 

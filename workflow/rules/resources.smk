@@ -7,6 +7,7 @@ localrules:
     download_checkpoint,
     verify_checkpoint,
     all_checkpoints,
+    fetch_ldce_targets,
 
 
 # A registry name that is also a models: name is downloaded, never trained.
@@ -56,3 +57,18 @@ rule verify_checkpoint:
 rule all_checkpoints:
     input:
         checkpoints=all_checkpoint_stamps,
+
+
+# LDCE's per-image ImageNet targets and the classes closest to each class (upstream data/ files at a pinned commit,
+# sha256-checked, written atomically; cfx.data.ldce_targets): read by experiments with image_targets: ldce
+rule fetch_ldce_targets:
+    output:
+        targets="resources/data/ldce/image_idx_to_tgt.yaml",
+        closest="resources/data/ldce/synset_closest_idx.yaml",
+    retries: 1
+    log:
+        "logs/download/ldce_targets.log",
+    conda:
+        ENV
+    script:
+        "../scripts/fetch_ldce_targets.py"

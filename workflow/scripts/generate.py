@@ -26,4 +26,5 @@ generate_chunk(
     layout=snakemake.params.layout,
     compile_unet=snakemake.params.compile,
     batch_divisor=snakemake.resources.batch_divisor,
+    targets_file=Path(snakemake.input.targets) if "targets" in snakemake.input.keys() else None,
 )
