@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from cfx.data.index_dataset import IndexDataset
 from cfx.data.ldce_targets import image_target, imagefolder_positions, ldce_unique_id, read_image_targets
+from cfx.data.minival import SUBSETS, read_subset_ids
 from cfx.io.images import save_image_atomic
 from cfx.io.tree import OutputTree, read_info, write_dime_summary
 from cfx.methods import GENERATED_RESULTS, OUTPUT_FORMAT, get_method, uses_ddpm
@@ -39,19 +40,42 @@ IMAGENET_VAL_PER_CLASS = 50
 LDCE_TARGETS_FILE = "resources/data/ldce/image_idx_to_tgt.yaml"
 
 
-def experiment_images(index: pd.DataFrame, experiment: dict[str, Any]) -> list[str]:
+def experiment_images(index: pd.DataFrame, experiment: dict[str, Any], subset_file: Path | None = None) -> list[str]:
     """Image ids of an experiment in dataset order: the split, capped at ``max_images`` (as upstream's
     ``batch_size·num_batches`` cap, applied before chunking). An experiment with ``class_targets`` (ImageNet pairs)
     takes the images of its source classes in ``ImageFolder`` order (by class, then by file name), as ACE's
     ``--label_query`` filter and LDCE's ``ImageNetSelect``. An experiment with ``image_targets: ldce`` (LDCE's Table 1)
-    takes the whole val set in LDCE's re-interleaved order (:func:`ldce_order`)."""
+    takes the whole val set in LDCE's re-interleaved order (:func:`ldce_order`). An experiment with a ``subset``
+    (``dime_minival``: DiME's ``utils/minival.csv``, read from ``subset_file``) takes the listed images in list order,
+    repeats included, as DiME's ``CelebAMiniVal``."""
     rows = split_rows(index, experiment)
+    if experiment.get("subset"):
+        return subset_images(rows, experiment, subset_file)
     targets = class_targets(experiment)
     if targets is not None:
         rows = class_rows(rows, targets)
     elif experiment.get("image_targets"):
         rows = ldce_order(rows)
     image_ids = list(rows["image_id"])
+    if experiment.get("max_images"):
+        image_ids = image_ids[: int(experiment["max_images"])]
+    return image_ids
+
+
+def subset_images(rows: pd.DataFrame, experiment: dict[str, Any], subset_file: Path | None) -> list[str]:
+    """The images of the experiment's ``subset`` list that are in its split, in list order (``max_images`` caps)."""
+    subset = experiment["subset"]
+    if subset not in SUBSETS:
+        raise ValueError(f"unknown subset '{subset}'; known: {', '.join(SUBSETS)}")
+    if subset_file is None or not Path(subset_file).is_file():
+        raise FileNotFoundError(f"subset: {subset} needs its image list {SUBSETS[subset]} (rule fetch_dime_minival "
+                                f"downloads it); got {subset_file}")
+    image_ids = read_subset_ids(subset_file)
+    known = set(rows["image_id"])
+    strays = [i for i in image_ids if i not in known]
+    if strays:
+        raise ValueError(f"{subset_file} lists {len(strays)} images that are not in the index's {experiment['split']} "
+                         f"split, e.g. {strays[:3]}: is the index CelebA's, with the official partition?")
     if experiment.get("max_images"):
         image_ids = image_ids[: int(experiment["max_images"])]
     return image_ids
@@ -286,13 +310,15 @@ def generate_chunk(
     compile_unet: bool = False,
     layout: str = "celeba",
     targets_file: Path | None = None,
+    subset_file: Path | None = None,
 ) -> dict[str, Any]:
     """Generate the counterfactuals of one chunk into the upstream tree and write the chunk manifest.
 
     Images are read from ``index_csv``'s paths with the transform of the dataset's ``layout``
     (:class:`cfx.data.index_dataset.IndexDataset`: CelebA, CelebA-HQ, BDD100k, ImageNet), resized as the method's
     ``image_resize`` says where it sets one (LDCE on ImageNet: ``stretch``). Multi-class experiments give each image
-    its target (:func:`experiment_targets`; ``targets_file``: LDCE's ``image_idx_to_tgt.yaml``).
+    its target (:func:`experiment_targets`; ``targets_file``: LDCE's ``image_idx_to_tgt.yaml``); ``subset_file``:
+    the image list of an experiment's ``subset`` (DiME's mini-val).
 
     The method's ``batch_size`` is divided by ``batch_divisor`` (at least 1 image per batch): the workflow passes
     2^(attempt−1) so that a retry after a CUDA out-of-memory error runs with half the batch. ``compile_unet`` wraps
@@ -300,7 +326,7 @@ def generate_chunk(
     set_threads(threads)
     started = time.time()
     index = pd.read_csv(index_csv, dtype={"image_id": str})
-    image_ids = experiment_images(index, experiment)
+    image_ids = experiment_images(index, experiment, subset_file)
     positions = chunk_positions(len(image_ids), chunk, chunks)
     image_targets = experiment_targets(index, experiment, [image_ids[i] for i in positions], targets_file)
     module = get_method(method)

@@ -259,3 +259,16 @@ def test_table6_without_data_root_says_what_to_download(tmp_path):
     for needed in ("CelebAMask-HQ-attribute-anno.txt", "https://github.com/switchablenorms/CelebAMask-HQ",
                    "list_eval_partition.csv", "data_roots: {celebahq:"):
         assert needed in message, message
+
+
+def test_minival_experiment_plans_the_upstream_list_download(tmp_path):
+    """DiME's / ACE's CelebA mini-val runs read upstream's utils/minival.csv, fetched (pinned) before generation."""
+    wf = _copy_workflow(tmp_path)
+    roots = _fake_roots(tmp_path / "data")
+    result = _snakemake(["-n", "--config", "suite=paper", f"data_roots={{celeba: {roots['celeba']}}}",
+                         "--", "results/cf/celeba_smile_minival/dime.merged.json"], wf)
+    assert result.returncode == 0, result.stderr
+    counts, outputs = _plan(result.stdout + result.stderr)
+    assert outputs["fetch_dime_minival"] == ["resources/data/dime/minival.csv"]
+    chunks = int(yaml.safe_load((wf / "config.yaml").read_text())["chunks"])
+    assert counts["generate"] == chunks and counts["merge_chunks"] == 1 and "train_model" not in counts

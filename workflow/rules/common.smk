@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from cfx.data.layouts import download_hint
+from cfx.data.minival import SUBSETS
 from cfx.metrics import METRICS
 from cfx.methods import OWN_MODEL_KEY, uses_ddpm
 from cfx.runtime.download import checkpoint_filename
@@ -181,6 +182,8 @@ def generate_inputs(wildcards):
         inputs["direction"] = f"results/gcd/{wildcards.experiment}/direction.pt"
     if spec.get("image_targets") == "ldce":  # LDCE's per-image ImageNet targets (rule fetch_ldce_targets)
         inputs["targets"] = "resources/data/ldce/image_idx_to_tgt.yaml"
+    if spec.get("subset"):  # an upstream image list (DiME's mini-val, rule fetch_dime_minival)
+        inputs["subset"] = SUBSETS[spec["subset"]]
     return with_stamps(inputs)
 
 

@@ -8,6 +8,7 @@ localrules:
     verify_checkpoint,
     all_checkpoints,
     fetch_ldce_targets,
+    fetch_dime_minival,
 
 
 # A registry name that is also a models: name is downloaded, never trained.
@@ -72,3 +73,17 @@ rule fetch_ldce_targets:
         ENV
     script:
         "../scripts/fetch_ldce_targets.py"
+
+
+# DiME's / ACE's CelebA mini-val list (upstream utils/minival.csv at a pinned commit, sha256-checked, atomic;
+# cfx.data.minival): read by experiments with subset: dime_minival
+rule fetch_dime_minival:
+    output:
+        subset="resources/data/dime/minival.csv",
+    retries: 1
+    log:
+        "logs/download/dime_minival.log",
+    conda:
+        ENV
+    script:
+        "../scripts/fetch_dime_minival.py"

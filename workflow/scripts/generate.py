@@ -27,4 +27,5 @@ generate_chunk(
     compile_unet=snakemake.params.compile,
     batch_divisor=snakemake.resources.batch_divisor,
     targets_file=Path(snakemake.input.targets) if "targets" in snakemake.input.keys() else None,
+    subset_file=Path(snakemake.input.subset) if "subset" in snakemake.input.keys() else None,
 )
