@@ -116,7 +116,7 @@ def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, c
              device, precision, batch_divisor, compile_unet, ldm, diffae, direction) -> None:
     """Generate the counterfactuals of one chunk of one (experiment, method)."""
     from cfx.generate import generate_chunk, method_classifier
-    from cfx.methods import OWN_MODEL_KEY, uses_ddpm
+    from cfx.methods import implementation, own_model_key, uses_ddpm
 
     spec = _suite(suite, scale)
     exp = section_entry(spec, "experiments", experiment)
@@ -126,12 +126,12 @@ def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, c
     checkpoints = {"classifier": _checkpoint_file(spec, checkpoint_dir, classifier)}
     if ddpm:
         checkpoints["ddpm"] = _checkpoint_file(spec, checkpoint_dir, ddpm)
-    if method in OWN_MODEL_KEY:  # GCD's DiffAE, LDCE's LDM (--diffae / --ldm override the file)
-        role = OWN_MODEL_KEY[method]
-        own = section_entry(spec, "methods", method)[role]
+    role = own_model_key(method)
+    if role:  # GCD's DiffAE, LDCE's LDM (--diffae / --ldm override the file)
+        own = method_settings(spec, method, experiment)[role]
         names.append(own)
         checkpoints[role] = {"diffae": diffae, "ldm": ldm}[role] or _checkpoint_file(spec, checkpoint_dir, own)
-    if method == "gcd":
+    if implementation(method) == "gcd":
         checkpoints["direction"] = direction or Path("results/gcd") / experiment / "direction.pt"
     manifest = manifest or tree / "chunks" / method / f"{chunk}-of-{chunks}.json"
     result = generate_chunk(

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cfx.io.tree import iter_instances  # noqa: E402
-from cfx.methods import EVALUATED_RESULTS  # noqa: E402
+from cfx.methods import results_folder  # noqa: E402
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -25,7 +25,7 @@ def _rgb(path: Path) -> np.ndarray:
 
 def grid_figure(tree_root: Path, method: str, out_path: Path, *, n_images: int = 8, title: str = "") -> Path:
     """Save a 3-row grid: originals, counterfactuals and |x − x'| (amplified to the grid's maximum)."""
-    found = iter_instances(Path(tree_root), EVALUATED_RESULTS.get(method, method))
+    found = iter_instances(Path(tree_root), results_folder(method))
     instances = sorted(found, key=lambda inst: inst["stem"])[:n_images]
     if not instances:
         raise ValueError(f"no instances of method '{method}' under {tree_root}")
@@ -125,7 +125,7 @@ def table_figure(table_csv: Path, out_path: Path, *, title: str = "") -> Path:
 
 def _radius_trees(tree_root: Path, method: str) -> list[tuple[float, dict[str, dict]]]:
     """(radius, {stem: instance}) for the evaluated folder and every ``radius_*`` folder next to it, by radius."""
-    base = EVALUATED_RESULTS.get(method, method)
+    base = results_folder(method)
     folders = [base] + sorted(f"{base}/{p.name}" for p in (Path(tree_root) / "Results" / base).glob("radius_*")
                               if p.is_dir())
     trees = {}
@@ -148,7 +148,7 @@ def svce_figure(tree_root: Path, out_path: Path, *, method: str = "svce", n_imag
     difference original − counterfactual in a symmetric ``seismic`` map (upstream ``_plot_diff_image``)."""
     trees = _radius_trees(Path(tree_root), method)
     if not trees:
-        raise ValueError(f"no SVCE instances under {tree_root}/Results/{EVALUATED_RESULTS.get(method, method)}")
+        raise ValueError(f"no SVCE instances under {tree_root}/Results/{results_folder(method)}")
     common = set.intersection(*(set(instances) for _, instances in trees))
     chosen = [s for s in (stems or sorted(common)) if s in common][:n_images]
     if not chosen:

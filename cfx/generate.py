@@ -22,11 +22,17 @@ import torch
 from tqdm import tqdm
 
 from cfx.data.index_dataset import IndexDataset
-from cfx.data.ldce_targets import image_target, imagefolder_positions, ldce_unique_id, read_image_targets
+from cfx.data.ldce_targets import (
+    image_target,
+    imagefolder_positions,
+    ldce_unique_id,
+    read_image_targets,
+    read_openai_class_names,
+)
 from cfx.data.minival import SUBSETS, read_subset_ids
 from cfx.io.images import save_image_atomic
 from cfx.io.tree import OutputTree, read_info, write_dime_summary
-from cfx.methods import GENERATED_RESULTS, OUTPUT_FORMAT, get_method, uses_ddpm
+from cfx.methods import generated_results, get_method, implementation, output_format, uses_ddpm
 from cfx.runtime.device import select_device, set_threads
 from cfx.runtime.precision import apply_precision, resolve_precision
 from cfx.runtime.seeding import image_generators
@@ -192,7 +198,7 @@ def load_generation_models(
         diffusion_flags["timestep_respacing"] = str(method_spec.get("timestep_respacing", ""))
         models["unet"] = unet
         models["diffusion"] = create_gaussian_diffusion(**diffusion_flags)
-    if method == "gcd":
+    if method and implementation(method) == "gcd":
         from cfx.methods.gcd import DEFAULTS as GCD_DEFAULTS
         from cfx.methods.gcd import load_direction
         from cfx.models.diffae import DiffAE, load_diffae_checkpoint
@@ -204,13 +210,14 @@ def load_generation_models(
                                   batch_size=int(cfg["transfer_batch_size"]),
                                   autocast=resolve_precision(precision, device) == "fp16")
         models["direction"] = load_direction(checkpoints["direction"])
-    if method == "ldce":
+    if method and implementation(method) == "ldce":
         from cfx.models.ldm import load_ldm_checkpoint
 
         ldm_spec = model_specs[method_spec["ldm"]]
         # fp32 as upstream's sampler (no autocast in cc_ddim.py)
         models["ldm"] = load_ldm_checkpoint(checkpoints["ldm"], ldm_spec["config"]).to(device).eval()
-        models["conditioning"] = ldce_conditioning(method_spec, experiment.get("query_label"))
+        models["conditioning"] = ldce_conditioning(method_spec, experiment.get("query_label"),
+                                                   checkpoints.get("class_names"))
     if float(method_spec.get("config", {}).get("l_perc", 0.0)) > 0:
         from cfx.models.perceptual import load_vgg19_perceptual
 
@@ -222,10 +229,19 @@ def load_generation_models(
     return models
 
 
-def ldce_conditioning(method_spec: dict[str, Any], query_label: int | None) -> list | None:
+def ldce_conditioning(method_spec: dict[str, Any], query_label: int | None,
+                      class_names_file: Path | None = None) -> list | None:
     """What LDCE's LDM is conditioned on per target (``cfx.methods.ldce.conditioning_inputs``): None (the target
-    itself is the class label, cin256-v2 on ImageNet) or the suite entry's ``conditioning[query_label]`` — one class
-    label or prompt per target (index 0: the attribute absent, 1: present)."""
+    itself is the class label, cin256-v2 on ImageNet), one prompt per ImageNet class (``class_prompt``, LDCE-txt:
+    "a photo of a {}." filled with LDCE's ``openai_imagenet_classes`` from ``class_names_file``) or the suite
+    entry's ``conditioning[query_label]`` — one class label or prompt per target (index 0: the attribute absent,
+    1: present)."""
+    template = method_spec.get("class_prompt")
+    if template:
+        if class_names_file is None or not Path(class_names_file).is_file():
+            raise FileNotFoundError(f"class_prompt {template!r} needs LDCE's imagenet_classnames.py (rule "
+                                    f"fetch_ldce_targets); got {class_names_file}")
+        return [template.format(name) for name in read_openai_class_names(class_names_file)]
     table = method_spec.get("conditioning")
     if table is None:
         return None
@@ -330,12 +346,12 @@ def generate_chunk(
     positions = chunk_positions(len(image_ids), chunk, chunks)
     image_targets = experiment_targets(index, experiment, [image_ids[i] for i in positions], targets_file)
     module = get_method(method)
-    ext, info_format = OUTPUT_FORMAT[method]
-    tree = OutputTree(Path(tree_root), GENERATED_RESULTS[method], ext=method_spec.get("ext", ext),
+    ext, info_format = output_format(method)
+    tree = OutputTree(Path(tree_root), generated_results(method), ext=method_spec.get("ext", ext),
                       info_format=info_format)
     # further result folders of the same images (SVCE: one per other radius), written before the main instance
     variant_names = list(getattr(module, "variant_names", lambda config: [])(method_spec["config"]))
-    variants = {name: OutputTree(Path(tree_root), f"{GENERATED_RESULTS[method]}/{name}", ext=tree.ext,
+    variants = {name: OutputTree(Path(tree_root), f"{generated_results(method)}/{name}", ext=tree.ext,
                                  info_format=info_format) for name in variant_names}
     # what the images depend on; a rerun with anything else (Snakemake reruns the job for changed params, inputs or
     # code) regenerates the chunk instead of keeping images made with the old settings

@@ -14,7 +14,7 @@ from typing import Any
 
 from cfx.generate import _atomic_json
 from cfx.io.tree import write_dime_summary
-from cfx.methods import EVALUATED_RESULTS
+from cfx.methods import results_folder
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def merge_chunks(
         "clean_accuracy": correct / n if n else 0.0,
         "records": records,
     }
-    summary_path = Path(tree_root) / "Results" / EVALUATED_RESULTS.get(method, method) / "summary.yaml"
+    summary_path = Path(tree_root) / "Results" / results_folder(method) / "summary.yaml"
     write_dime_summary(summary_path, records)
     if variant_records:  # further result folders (SVCE's other radii): their own summary and flip rate
         merged["variants"] = {}

@@ -278,6 +278,70 @@ def test_ldce_chunk_targets_classes_and_crops_for_the_classifier(resnet, imagene
     assert [r["pred"] for r in manifest["records"]] == cropped
 
 
+def test_method_variants_resolve_to_their_method_with_their_own_folders():
+    from cfx.methods import evaluated_results, generated_results, get_method, implementation, own_model_key, uses_ddpm
+
+    assert implementation("ldce_txt") == "ldce" and get_method("ldce_txt").__name__ == "cfx.methods.ldce"
+    assert generated_results("ldce_txt") == evaluated_results("ldce_txt") == "ldce_txt"
+    assert own_model_key("ldce_txt") == "ldm" and not uses_ddpm("ldce_txt") and uses_ddpm("dime_fast")
+    assert generated_results("ace") == "ace/pre-explanation"  # methods themselves keep their folders
+    for name in ("ace_l2", "gcd_x"):  # their further rules are written for the method's own name
+        with pytest.raises(ValueError, match="cannot have variants yet"):
+            implementation(name)
+    for name in ("nope", "nope_x", "ldcetxt"):
+        with pytest.raises(KeyError, match="unknown method"):
+            implementation(name)
+
+
+def test_ldce_txt_variant_prompts_each_target_class_by_name(resnet, imagenet, tmp_path, monkeypatch):
+    """ldce_txt, a variant of LDCE (cfx.methods.implementation): its own Results folder, and the LDM conditioned on
+    "a photo of a {name}." of each image's target class, the names read from LDCE's imagenet_classnames.py
+    (scripts/ldce.py). The tiny class-conditional LDM stands in for miniSD: a spy maps each prompt back to its
+    class, so the test sees exactly which prompts generation asked for."""
+    from cfx.models.ldm import LatentDiffusion, build_ldm, save_ldm_checkpoint
+
+    path, _ = resnet
+    _, index_csv, _ = imagenet
+    config = _tiny_class_ldm_config()
+    torch.manual_seed(0)
+    save_ldm_checkpoint(build_ldm(config), tmp_path / "ldm.ckpt")
+    names = [f"class{k}" for k in range(1000)]
+    names[339], names[340] = "sorrel", "zebra"
+    (tmp_path / "imagenet_classnames.py").write_text(f"name_map = {{}}\nopenai_imagenet_classes = {names!r}\n")
+    prompted = []
+    learned = LatentDiffusion.get_learned_conditioning
+
+    def spy(self, c):
+        if isinstance(c, list):
+            prompted.append(list(c))
+            c = torch.tensor([names.index(text[len("a photo of a "):-1]) for text in c])
+        return learned(self, c)
+
+    monkeypatch.setattr(LatentDiffusion, "get_learned_conditioning", spy)
+    experiment = {"dataset": "imagenet", "split": "val", "image_size": SIZE, "class_targets": PAIR,
+                  "classifier": "resnet"}
+    spec = {"batch_size": 4, "ldm": "ldm", "class_prompt": "a photo of a {}.", "image_resize": "stretch",
+            "classifier_center_crop": CROP, "config": {"ddim_steps": 50, "strength": 0.06}}
+    tree = tmp_path / "cf"
+    manifest = generate_chunk(
+        experiment=experiment, method="ldce_txt", method_spec=spec,
+        model_specs={"ldm": {"config": config}, "resnet": {"kind": "torchvision_resnet50"}}, index_csv=index_csv,
+        checkpoints={"classifier": path, "ldm": tmp_path / "ldm.ckpt",
+                     "class_names": tmp_path / "imagenet_classnames.py"},
+        chunk=0, chunks=1, seed=4, tree_root=tree, manifest_path=tree / "chunks" / "ldce_txt" / "0-of-1.json",
+        device="cpu", progress=False, layout="imagenet_val")
+    _check_pair_records(manifest, _written_infos(tree, "ldce_txt"))
+    assert not (tree / "Results" / "ldce").exists()
+    assert prompted == [["a photo of a zebra."] * 2 + ["a photo of a sorrel."] * 2]
+    with pytest.raises(FileNotFoundError, match="imagenet_classnames.py"):
+        generate_chunk(
+            experiment=experiment, method="ldce_txt", method_spec=spec,
+            model_specs={"ldm": {"config": config}, "resnet": {"kind": "torchvision_resnet50"}},
+            index_csv=index_csv, checkpoints={"classifier": path, "ldm": tmp_path / "ldm.ckpt"}, chunk=0, chunks=1,
+            seed=5, tree_root=tmp_path / "cf2", manifest_path=tmp_path / "cf2" / "m.json", device="cpu",
+            progress=False, layout="imagenet_val")
+
+
 # ---------------------------------------------------------------------------------------------------- COUT
 
 

@@ -16,6 +16,7 @@ from cfx.data.ldce_targets import (
     pair_target,
     read_closest_classes,
     read_image_targets,
+    read_openai_class_names,
     verify_ldce_target_files,
 )
 from cfx.runtime.download import ChecksumError, sha256_file
@@ -91,6 +92,7 @@ def test_fetch_downloads_atomically_and_verifies_the_pinned_digests(tmp_path, mo
     source.mkdir()
     (source / "image_idx_to_tgt.yaml").write_text(yaml.safe_dump({0: 1}))
     (source / "synset_closest_idx.yaml").write_text(yaml.safe_dump({0: [1]}))
+    (source / "imagenet_classnames.py").write_text(f"openai_imagenet_classes = {['n'] * 1000!r}\n")
     files = {name: ((source / name).as_uri(), sha256_file(source / name)) for name in ldce_targets.LDCE_TARGET_FILES}
     monkeypatch.setattr(ldce_targets, "LDCE_TARGET_FILES", files)
     folder = fetch_ldce_target_files(tmp_path / "resources", timeout=5)
@@ -154,3 +156,22 @@ def test_table1_experiment_takes_ldce_order_and_per_image_targets(tmp_path):
     assert set(experiment_targets(index, pair, pair_ids).values()) == {339, 340}
     assert all(experiment_targets(index, pair, pair_ids)[i] != by_id.loc[i, "label"] for i in pair_ids)
     assert experiment_targets(index, {"split": "val", "query_label": 31}, pair_ids) is None
+
+
+def test_class_names_are_read_as_a_literal_never_executed(tmp_path):
+    """LDCE-txt's prompt names: openai_imagenet_classes of data/imagenet_classnames.py (1000 names), parsed with ast;
+    code in the file does not run (a marker file it would write stays absent)."""
+    names = [f"class {k}" for k in range(1000)]
+    marker = tmp_path / "executed"
+    path = tmp_path / "imagenet_classnames.py"
+    path.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('x')\nname_map = {{0: 'tench'}}\n"
+                    f"openai_imagenet_classes = {names!r}\n")
+    assert read_openai_class_names(path) == names and not marker.exists()
+    for content, message in ((f"openai_imagenet_classes = {names[:999]!r}", "must list 1000"),
+                             ("openai_imagenet_classes = sorted(x)", "not a literal"),
+                             ("other = [1]", "defines no openai_imagenet_classes"), ("def (", "re-download")):
+        path.write_text(content)
+        with pytest.raises(ValueError, match=message):
+            read_openai_class_names(path)
+    with pytest.raises(FileNotFoundError, match="fetch_ldce_targets"):
+        read_openai_class_names(tmp_path / "absent.py")

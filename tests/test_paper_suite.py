@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 from cfx.data.synthetic import write_synthetic_celeba
+from cfx.methods import own_model_key
 from cfx.suite import load_suite, method_network, method_settings, metric_networks, network_checkpoint
 from tests.test_layouts import fake_celebahq, fake_imagenet_val
 from tests.test_workflow import _copy_workflow
@@ -61,10 +62,10 @@ def _table_needs(suite: dict, table: str, chunks: int) -> dict[str, object]:
             for network in metric_networks(suite, metric, experiment).values():
                 if network["checkpoint"]:
                     checkpoints.add(network["checkpoint"])
-    for method, key in (("ldce", "ldm"), ("gcd", "diffae")):  # per dataset: LDCE's miniSD or cin256-v2
-        if method in spec["methods"]:
-            for experiment in experiments:
-                checkpoints.add(network_checkpoint(suite, method_settings(suite, method, experiment)[key]))
+    for method in spec["methods"]:  # GCD's DiffAE, LDCE's LDM per dataset and variant (miniSD or cin256-v2)
+        key = own_model_key(method)
+        for experiment in experiments if key else []:
+            checkpoints.add(network_checkpoint(suite, method_settings(suite, method, experiment)[key]))
     for experiment in experiments:
         dime = method_settings(suite, "dime", experiment)
         if "dime" in spec["methods"] and dime["config"].get("l_perc", 0) > 0:
@@ -189,6 +190,13 @@ def test_imagenet_pair_experiments_follow_ace_and_ldce_scripts():
     assert {k: ldce["config"][k] for k in ("strength", "classifier_lambda", "dist_lambda", "deg_cone_projection")} == {
         "strength": 0.382, "classifier_lambda": 2.3, "dist_lambda": 0.3, "deg_cone_projection": 45.0}
     assert method_settings(suite, "ldce", "imagenet_zebra_sorrel")["config"]["strength"] == 0.342
+    # LDCE-txt (a variant of ldce): miniSD prompted with the target class's name, README's text-conditioned settings
+    txt = method_settings(suite, "ldce_txt", "imagenet_zebra_sorrel")
+    assert (txt["ldm"], txt["class_prompt"], txt["batch_size"], txt["image_resize"]) == (
+        "minisd", "a photo of a {}.", 4, "stretch")
+    assert {k: txt["config"][k] for k in ("strength", "classifier_lambda", "dist_lambda", "deg_cone_projection")} == {
+        "strength": 0.382, "classifier_lambda": 3.95, "dist_lambda": 1.2, "deg_cone_projection": 50.0}
+    assert method_settings(suite, "ldce_txt", "imagenet_ldce_all") == txt
     # CelebA-HQ keeps LDCE-txt's miniSD and its prompts
     assert method_settings(suite, "ldce", "celebahq_smile")["ldm"] == "minisd"
     assert method_settings(suite, "ldce", "celebahq_smile")["conditioning"]["31"][1] == "a photo of a smiling person"
@@ -222,13 +230,14 @@ def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     assert outputs["table"] == [f"results/tables/{table}.{ext}" for ext in ("csv", "md", "tex")]
     # as the tables read today: table1 = 2 tasks x (DiME, ACE) x 8 metrics on DiME's CelebA networks (DDPM,
     # classifier, oracle), VGGFace2, Inception and VGG-19; table2 = ACE on BDD100k x 4 metrics (DDPM, classifier,
-    # Inception); table3 = 3 ImageNet pairs x (ACE, LDCE) x 5 metrics (openai's DDPM, torchvision's ResNet-50,
-    # cin256-v2, SimSiam, Inception); table4 = LDCE on all ImageNet classes x 5 metrics (ResNet-50, cin256-v2,
-    # SimSiam, Inception), reading LDCE's per-image targets
-    sizes = {"table1": (6, 4, 32), "table2": (3, 1, 4), "table3": (5, 6, 30), "table4": (4, 1, 5)}[table]
+    # Inception); table3 = 3 ImageNet pairs x (ACE, LDCE-cls, LDCE-txt) x 5 metrics (openai's DDPM, torchvision's
+    # ResNet-50, cin256-v2, miniSD, SimSiam, Inception); table4 = LDCE-cls and -txt on all ImageNet classes x 5
+    # metrics (ResNet-50, cin256-v2, miniSD, SimSiam, Inception), reading LDCE's per-image targets
+    sizes = {"table1": (6, 4, 32), "table2": (3, 1, 4), "table3": (6, 9, 45), "table4": (5, 2, 10)}[table]
     assert (len(needs["checkpoints"]), needs["merge_chunks"], needs["metric"]) == sizes
-    ldce_targets = ["resources/data/ldce/image_idx_to_tgt.yaml", "resources/data/ldce/synset_closest_idx.yaml"]
-    assert outputs.get("fetch_ldce_targets", []) == (ldce_targets if table == "table4" else [])
+    ldce_data = ["resources/data/ldce/image_idx_to_tgt.yaml", "resources/data/ldce/synset_closest_idx.yaml",
+                 "resources/data/ldce/imagenet_classnames.py"]  # per-image targets (table4), LDCE-txt's class names
+    assert outputs.get("fetch_ldce_targets", []) == (ldce_data if table in ("table3", "table4") else [])
 
 
 def test_table6_dry_run_plans_the_whole_table(tmp_path):

@@ -12,13 +12,15 @@
   ``samples[k::50]``, so each block of 1000 holds one image per class and the unique id u of an image is
   ``k·1000 + class`` (:func:`ldce_unique_id`); ``start_sample``/``end_sample`` count in thousands of those ids.
 
-The two YAML files are a versioned resource (:data:`LDCE_TARGET_FILES`: URL at lmb-freiburg/ldce commit 6519597 and
-sha256), downloaded by :func:`fetch_ldce_target_files` and checked by :func:`verify_ldce_target_files`; they are not
-shipped with cfx.
+The two YAML files and ``imagenet_classnames.py`` (the class names of LDCE-txt's prompts, read without executing
+it: :func:`read_openai_class_names`) are a versioned resource (:data:`LDCE_TARGET_FILES`: URL at lmb-freiburg/ldce
+commit 6519597 and sha256), downloaded by :func:`fetch_ldce_target_files` and checked by
+:func:`verify_ldce_target_files`; they are not shipped with cfx.
 """
 
 from __future__ import annotations
 
+import ast
 import random
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -34,6 +36,9 @@ LDCE_TARGET_FILES: dict[str, tuple[str, str]] = {
                               "0511cb425515f6bbdd9834485df310bc47fec728692de9d10e35d8b666c448c9"),
     "synset_closest_idx.yaml": (f"{_BASE}/synset_closest_idx.yaml",
                                 "173ce6247c1df1084066271d936c174949519f11ce3a22685abf64dffc43b408"),
+    # openai_imagenet_classes: the class names of LDCE-txt's ImageNet prompts (scripts/ldce.py)
+    "imagenet_classnames.py": (f"{_BASE}/imagenet_classnames.py",
+                               "171be9b14f917d34e45bcab2dfb469c178badefc2a0e5a960f95778d8ba303dc"),
 }
 LDCE_DATA_VERSION = "ldce@6519597 data/"
 IMAGENET_CLASSES = 1000
@@ -157,3 +162,28 @@ def pair_target(label: int, pair: str) -> int:
     if int(label) not in (a, b):
         raise ValueError(f"class {label} is not in the pair {pair} ({a} <-> {b})")
     return b if int(label) == a else a
+
+
+def read_openai_class_names(path: str | Path) -> list[str]:
+    """``openai_imagenet_classes`` of LDCE's ``data/imagenet_classnames.py`` (1000 short class names, e.g. "zebra"),
+    parsed as a literal — the file is never executed. LDCE-txt prompts "a photo of a {name}." (``scripts/ldce.py``)."""
+    path = Path(path)
+    try:
+        tree = ast.parse(path.read_text())
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"LDCE class-name file {path} does not exist (rule fetch_ldce_targets downloads it)"
+                                ) from err
+    except SyntaxError as err:
+        raise ValueError(f"{path} is not LDCE's data/imagenet_classnames.py ({err}); re-download it") from err
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id == "openai_imagenet_classes"):
+            try:
+                names = ast.literal_eval(node.value)
+            except ValueError as err:
+                raise ValueError(f"{path}: openai_imagenet_classes is not a literal list") from err
+            if (not isinstance(names, list) or len(names) != IMAGENET_CLASSES
+                    or not all(isinstance(n, str) and n for n in names)):
+                raise ValueError(f"{path}: openai_imagenet_classes must list {IMAGENET_CLASSES} class names")
+            return names
+    raise ValueError(f"{path} defines no openai_imagenet_classes list: not LDCE's data/imagenet_classnames.py")

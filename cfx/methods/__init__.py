@@ -31,9 +31,60 @@ NO_DDPM = frozenset({"svce", "gcd", "ldce"})
 OWN_MODEL_KEY = {"gcd": "diffae", "ldce": "ldm"}
 
 
+# Methods whose suite entries may not have variants: their further rules (ACE's post-processing, GCD's direction
+# search and BB-LIG) are written for the method's own name
+NO_VARIANTS = {"ace": "ACE's post-processing rule (ace_postprocess)", "gcd": "GCD's direction and BB-LIG rules"}
+
+
+def implementation(name: str) -> str:
+    """The method behind a suite method name: the name itself, or for a variant ``<method>_<label>`` (a second row of
+    the same method with other settings or networks, e.g. ``ldce_txt``: LDCE conditioned on text prompts) its
+    method. A variant writes its own ``Results/<name>`` folder."""
+    if name in METHODS:
+        return name
+    base = name.split("_", 1)[0]
+    if "_" not in name or base not in METHODS:
+        raise KeyError(f"unknown method '{name}'; known methods: {', '.join(sorted(METHODS))}, or a variant "
+                       f"<method>_<label> of one (e.g. ldce_txt)")
+    if base in NO_VARIANTS:
+        raise ValueError(f"method '{name}' would be a variant of {base}, which cannot have variants yet: "
+                         f"{NO_VARIANTS[base]} is written for '{base}' only")
+    return base
+
+
+def generated_results(name: str) -> str:
+    """The ``Results/`` folder generation of ``name`` writes (a variant's own name in place of its method's)."""
+    base = implementation(name)
+    return GENERATED_RESULTS[base].replace(base, name, 1)
+
+
+def evaluated_results(name: str) -> str:
+    """The ``Results/`` folder the metrics of ``name`` read."""
+    base = implementation(name)
+    return EVALUATED_RESULTS[base].replace(base, name, 1)
+
+
+def results_folder(name: str) -> str:
+    """:func:`evaluated_results`, or ``name`` itself for a name that is no method (trees of other tools)."""
+    try:
+        return evaluated_results(name)
+    except (KeyError, ValueError):
+        return name
+
+
+def output_format(name: str) -> tuple[str, str]:
+    """(image extension, Info format) of ``name``'s trees."""
+    return OUTPUT_FORMAT[implementation(name)]
+
+
+def own_model_key(name: str | None) -> str | None:
+    """The suite key naming the network ``name`` brings (:data:`OWN_MODEL_KEY`), or None."""
+    return OWN_MODEL_KEY.get(implementation(name)) if name else None
+
+
 def uses_ddpm(method: str | None) -> bool:
     """Whether generation with ``method`` loads the experiment's DDPM (None: a step of DiME/ACE's kind)."""
-    return method not in NO_DDPM
+    return method is None or implementation(method) not in NO_DDPM
 
 
 @dataclass
@@ -64,7 +115,5 @@ def check_inputs(method: str, config: dict[str, Any], defaults: dict[str, Any], 
 
 
 def get_method(name: str) -> ModuleType:
-    """The module implementing method ``name``."""
-    if name not in METHODS:
-        raise KeyError(f"unknown method '{name}'; known methods: {', '.join(sorted(METHODS))}")
-    return importlib.import_module(METHODS[name])
+    """The module implementing method ``name`` (a variant's: its method's, :func:`implementation`)."""
+    return importlib.import_module(METHODS[implementation(name)])

@@ -107,11 +107,9 @@ def metric_metadata(name: str) -> MetricMetadata:
 def iter_pairs(tree_root: Path, method: str, subsets: tuple[str, ...]) -> Iterator[dict[str, Any]]:
     """The method's instances under ``subsets`` (see :func:`cfx.io.tree.iter_instances`)."""
     from cfx.io.tree import iter_instances
-    from cfx.methods import EVALUATED_RESULTS
+    from cfx.methods import evaluated_results
 
-    if method not in EVALUATED_RESULTS:
-        raise KeyError(f"unknown method '{method}'; known methods: {', '.join(sorted(EVALUATED_RESULTS))}")
-    yield from iter_instances(Path(tree_root), EVALUATED_RESULTS[method], subsets)
+    yield from iter_instances(Path(tree_root), evaluated_results(method), subsets)
 
 
 def _atomic_json(result: dict[str, Any], out_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cfx.io.tree import iter_instances
-from cfx.methods import EVALUATED_RESULTS
+from cfx.methods import evaluated_results
 from cfx.metrics import MetricContext, MetricMetadata
 
 METADATA = MetricMetadata(
@@ -35,7 +35,7 @@ def flip_rate(cf_preds: list[int], targets: list[int]) -> float:
 def compute_tree(tree_root: Path, method: str, ctx: MetricContext | None = None) -> dict[str, Any]:
     """Flip rate over every instance of ``Results/{method}``; checks the folder agrees with the Info record."""
     cf_preds, targets = [], []
-    for instance in iter_instances(tree_root, EVALUATED_RESULTS[method]):
+    for instance in iter_instances(tree_root, evaluated_results(method)):
         info = instance["info"]
         in_ccf = instance["subset"].endswith("CCF") and not instance["subset"].endswith("ICF")
         if in_ccf != (int(info["cf_pred"]) == int(info["target"])):
@@ -43,5 +43,5 @@ def compute_tree(tree_root: Path, method: str, ctx: MetricContext | None = None)
         cf_preds.append(int(info["cf_pred"]))
         targets.append(int(info["target"]))
     if not targets:
-        raise ValueError(f"no instances of method '{method}' under {tree_root}/Results/{EVALUATED_RESULTS[method]}")
+        raise ValueError(f"no instances of method '{method}' under {tree_root}/Results/{evaluated_results(method)}")
     return {"value": flip_rate(cf_preds, targets), "n": len(targets)}

@@ -7,7 +7,7 @@ from snakemake.utils import validate
 from cfx.data.layouts import download_hint
 from cfx.data.minival import SUBSETS
 from cfx.metrics import METRICS
-from cfx.methods import OWN_MODEL_KEY, uses_ddpm
+from cfx.methods import implementation, own_model_key, uses_ddpm
 from cfx.runtime.download import checkpoint_filename
 
 from cfx.suite import (
@@ -176,12 +176,14 @@ def generate_inputs(wildcards):
     if perceptual and float(settings["config"].get("l_perc", 0.0)) > 0:
         # DiME's perceptual loss reads this file (methods.dime.vgg19_weights): make or download it first
         inputs["vgg19"] = perceptual
-    if method in OWN_MODEL_KEY:
-        inputs[OWN_MODEL_KEY[method]] = network_checkpoint(method_model(method, wildcards.experiment))
-    if method == "gcd":
+    if own_model_key(method):
+        inputs[own_model_key(method)] = network_checkpoint(method_model(method, wildcards.experiment))
+    if method and implementation(method) == "gcd":
         inputs["direction"] = f"results/gcd/{wildcards.experiment}/direction.pt"
     if spec.get("image_targets") == "ldce":  # LDCE's per-image ImageNet targets (rule fetch_ldce_targets)
         inputs["targets"] = "resources/data/ldce/image_idx_to_tgt.yaml"
+    if settings.get("class_prompt"):  # LDCE-txt's ImageNet prompts name the classes (rule fetch_ldce_targets)
+        inputs["class_names"] = "resources/data/ldce/imagenet_classnames.py"
     if spec.get("subset"):  # an upstream image list (DiME's mini-val, rule fetch_dime_minival)
         inputs["subset"] = SUBSETS[spec["subset"]]
     return with_stamps(inputs)
@@ -191,7 +193,7 @@ def generation_models(wildcards):
     """Model specs (architecture flags) of the networks a generation chunk loads."""
     names = [name for name in generation_networks(wildcards) if name]
     method = getattr(wildcards, "method", None)
-    if method in OWN_MODEL_KEY:
+    if own_model_key(method):
         names.append(method_model(method, wildcards.experiment))
     return {name: section_entry(SUITE, "models", name) for name in names}
 
@@ -207,7 +209,7 @@ def method_model(method, experiment=None):
     """The models entry of the network a method brings (cfx.methods.OWN_MODEL_KEY: methods.gcd.diffae, GCD's DiffAE;
     methods.ldce.ldm, LDCE's latent diffusion model), with the experiment's dataset settings merged (LDCE: miniSD on
     CelebA-HQ, cin256-v2 on ImageNet)."""
-    key = OWN_MODEL_KEY[method]
+    key = own_model_key(method)
     section_entry(SUITE, "methods", method)
     name = method_settings(SUITE, method, experiment).get(key)
     if not name:

@@ -66,6 +66,7 @@ rule fetch_ldce_targets:
     output:
         targets="resources/data/ldce/image_idx_to_tgt.yaml",
         closest="resources/data/ldce/synset_closest_idx.yaml",
+        class_names="resources/data/ldce/imagenet_classnames.py",
     retries: 1
     log:
         "logs/download/ldce_targets.log",

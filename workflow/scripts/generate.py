@@ -14,7 +14,9 @@ generate_chunk(
     checkpoints={"classifier": Path(snakemake.input.classifier), "ddpm": Path(snakemake.input.get("ddpm", "")),
                  "diffae": Path(snakemake.input.get("diffae", "")),
                  "direction": Path(snakemake.input.get("direction", "")),
-                 "ldm": Path(snakemake.input.get("ldm", ""))},
+                 "ldm": Path(snakemake.input.get("ldm", "")),
+                 **({"class_names": Path(snakemake.input.class_names)} if "class_names" in snakemake.input.keys()
+                    else {})},
     chunk=int(snakemake.wildcards.chunk),
     chunks=int(snakemake.wildcards.chunks),
     seed=snakemake.params.seed,
