@@ -115,6 +115,8 @@ def train(suite: str, scale: str, model: str, index_csv: Path, out: Path, device
 def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, checkpoint_dir, tree, manifest,
              device, precision, batch_divisor, compile_unet, ldm, diffae, direction) -> None:
     """Generate the counterfactuals of one chunk of one (experiment, method)."""
+    from cfx.data.ldce_targets import LDCE_CLASS_NAMES_FILE, LDCE_TARGETS_FILE
+    from cfx.data.minival import SUBSETS
     from cfx.generate import generate_chunk, method_classifier
     from cfx.methods import implementation, own_model_key, uses_ddpm
 
@@ -133,9 +135,15 @@ def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, c
         checkpoints[role] = {"diffae": diffae, "ldm": ldm}[role] or _checkpoint_file(spec, checkpoint_dir, own)
     if implementation(method) == "gcd":
         checkpoints["direction"] = direction or Path("results/gcd") / experiment / "direction.pt"
+    settings = method_settings(spec, method, experiment)
+    # upstream data files the workflow fetches (rules fetch_ldce_targets, fetch_dime_minival), at their paths
+    if settings.get("class_prompt"):
+        checkpoints["class_names"] = Path(LDCE_CLASS_NAMES_FILE)
+    resources = {"targets_file": Path(LDCE_TARGETS_FILE) if exp.get("image_targets") else None,
+                 "subset_file": Path(SUBSETS[exp["subset"]]) if exp.get("subset") in SUBSETS else None}
     manifest = manifest or tree / "chunks" / method / f"{chunk}-of-{chunks}.json"
     result = generate_chunk(
-        experiment=exp, method=method, method_spec=method_settings(spec, method, experiment),
+        experiment=exp, method=method, method_spec=settings, **resources,
         model_specs={n: section_entry(spec, "models", n) for n in names}, index_csv=index_csv,
         checkpoints=checkpoints, chunk=chunk, chunks=chunks, seed=seed, tree_root=tree, manifest_path=manifest,
         device=device, precision=precision, batch_divisor=batch_divisor, compile_unet=compile_unet,

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from cfx.data.index_dataset import IndexDataset
 from cfx.data.ldce_targets import (
+    LDCE_TARGETS_FILE,
     image_target,
     imagefolder_positions,
     ldce_unique_id,
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 SPLIT_PARTITION = {"train": 0, "val": 1, "test": 2}
 NUM_IMAGENET_CLASSES = 1000
 IMAGENET_VAL_PER_CLASS = 50
-LDCE_TARGETS_FILE = "resources/data/ldce/image_idx_to_tgt.yaml"
 
 
 def experiment_images(index: pd.DataFrame, experiment: dict[str, Any], subset_file: Path | None = None) -> list[str]:

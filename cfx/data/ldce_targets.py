@@ -41,6 +41,9 @@ LDCE_TARGET_FILES: dict[str, tuple[str, str]] = {
                                "171be9b14f917d34e45bcab2dfb469c178badefc2a0e5a960f95778d8ba303dc"),
 }
 LDCE_DATA_VERSION = "ldce@6519597 data/"
+# where the workflow keeps them (rule fetch_ldce_targets), relative to the workflow's directory
+LDCE_TARGETS_FILE = "resources/data/ldce/image_idx_to_tgt.yaml"
+LDCE_CLASS_NAMES_FILE = "resources/data/ldce/imagenet_classnames.py"
 IMAGENET_CLASSES = 1000
 IMAGENET_VAL_PER_CLASS = 50
 # config name -> (class a, class b); each is the other's target

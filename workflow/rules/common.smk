@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from cfx.data.layouts import download_hint
+from cfx.data.ldce_targets import LDCE_CLASS_NAMES_FILE, LDCE_TARGETS_FILE
 from cfx.data.minival import SUBSETS
 from cfx.metrics import METRICS
 from cfx.methods import implementation, own_model_key, uses_ddpm
@@ -181,9 +182,9 @@ def generate_inputs(wildcards):
     if method and implementation(method) == "gcd":
         inputs["direction"] = f"results/gcd/{wildcards.experiment}/direction.pt"
     if spec.get("image_targets") == "ldce":  # LDCE's per-image ImageNet targets (rule fetch_ldce_targets)
-        inputs["targets"] = "resources/data/ldce/image_idx_to_tgt.yaml"
+        inputs["targets"] = LDCE_TARGETS_FILE
     if settings.get("class_prompt"):  # LDCE-txt's ImageNet prompts name the classes (rule fetch_ldce_targets)
-        inputs["class_names"] = "resources/data/ldce/imagenet_classnames.py"
+        inputs["class_names"] = LDCE_CLASS_NAMES_FILE
     if spec.get("subset"):  # an upstream image list (DiME's mini-val, rule fetch_dime_minival)
         inputs["subset"] = SUBSETS[spec["subset"]]
     return with_stamps(inputs)

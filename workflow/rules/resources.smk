@@ -64,9 +64,9 @@ rule all_checkpoints:
 # sha256-checked, written atomically; cfx.data.ldce_targets): read by experiments with image_targets: ldce
 rule fetch_ldce_targets:
     output:
-        targets="resources/data/ldce/image_idx_to_tgt.yaml",
+        targets=LDCE_TARGETS_FILE,
         closest="resources/data/ldce/synset_closest_idx.yaml",
-        class_names="resources/data/ldce/imagenet_classnames.py",
+        class_names=LDCE_CLASS_NAMES_FILE,
     retries: 1
     log:
         "logs/download/ldce_targets.log",
