@@ -20,7 +20,7 @@ from tqdm import tqdm
 from cfx.generate import _atomic_json, _device_type, checkpoint_identities, divided_batch_size, load_generation_models
 from cfx.io.images import load_image
 from cfx.io.tree import OutputTree, read_info
-from cfx.methods import EVALUATED_RESULTS, GENERATED_RESULTS
+from cfx.methods import evaluated_results, generated_results, implementation
 from cfx.methods.ace import postprocess
 from cfx.runtime.device import select_device, set_threads
 from cfx.runtime.precision import resolve_precision
@@ -45,16 +45,20 @@ def postprocess_chunk(
     precision: str = "auto",
     batch_divisor: int = 1,
     compile_unet: bool = False,
+    method: str = "ace",
 ) -> dict[str, Any]:
-    """Write ``Results/ace/explanation`` for the stems of one attack chunk and the chunk's manifest (UNet
-    ``precision``, ``batch_divisor`` and ``compile_unet`` as :func:`cfx.generate.generate_chunk`)."""
+    """Write ``Results/ace/explanation`` (a variant's: ``Results/<method>/explanation``) for the stems of one attack
+    chunk and the chunk's manifest (UNet ``precision``, ``batch_divisor`` and ``compile_unet`` as
+    :func:`cfx.generate.generate_chunk`)."""
+    if implementation(method) != "ace":
+        raise ValueError(f"post-processing is ACE's; '{method}' is not ACE or a variant of it")
     set_threads(threads)
     started = time.time()
     pre = json.loads(Path(pre_manifest).read_text())
     stems = [r["stem"] for r in pre["records"]]
     config = dict(method_spec.get("postprocess", {}))
-    pre_tree = OutputTree(Path(tree_root), GENERATED_RESULTS["ace"], ext="png", info_format="ace")
-    tree = OutputTree(Path(tree_root), EVALUATED_RESULTS["ace"], ext="png", info_format="ace")
+    pre_tree = OutputTree(Path(tree_root), generated_results(method), ext="png", info_format="ace")
+    tree = OutputTree(Path(tree_root), evaluated_results(method), ext="png", info_format="ace")
     tree.prepare()
     # the explanations depend on the post-processing settings, the attack's pre-explanations (a rerun of the attack
     # makes new ones) and the networks: any change regenerates the chunk's explanations
@@ -80,9 +84,9 @@ def postprocess_chunk(
                 load_image(next((Path(tree_root) / "Original").glob(f"*/{s}.png"))) for s in batch]).to(torch_device)
             pes = torch.stack([load_image(pre_tree.info_path(s).parent.parent / "CF" / f"{s}.png")
                                for s in batch]).to(torch_device)
+            generators = image_generators(seed, f"{method}/explanation", batch, torch_device)
             explanation, noise, _ = postprocess(originals, pes, unet=models["unet"], diffusion=models["diffusion"],
-                                                config=config, generators=image_generators(seed, "ace/explanation",
-                                                                                           batch, torch_device))
+                                                config=config, generators=generators)
             with torch.no_grad():
                 cf_logits = models["classifier"](2 * explanation - 1)
                 cf_preds = cf_logits.argmax(1) if cf_logits.ndim == 2 else (cf_logits > 0).long()

@@ -285,9 +285,10 @@ def test_method_variants_resolve_to_their_method_with_their_own_folders():
     assert generated_results("ldce_txt") == evaluated_results("ldce_txt") == "ldce_txt"
     assert own_model_key("ldce_txt") == "ldm" and not uses_ddpm("ldce_txt") and uses_ddpm("dime_fast")
     assert generated_results("ace") == "ace/pre-explanation"  # methods themselves keep their folders
-    for name in ("ace_l2", "gcd_x"):  # their further rules are written for the method's own name
-        with pytest.raises(ValueError, match="cannot have variants yet"):
-            implementation(name)
+    assert (generated_results("ace_l2"), evaluated_results("ace_l2")) == ("ace_l2/pre-explanation",
+                                                                          "ace_l2/explanation")
+    with pytest.raises(ValueError, match="cannot have variants yet"):  # GCD's direction rules are per name
+        implementation("gcd_x")
     for name in ("nope", "nope_x", "ldcetxt"):
         with pytest.raises(KeyError, match="unknown method"):
             implementation(name)

@@ -31,9 +31,9 @@ NO_DDPM = frozenset({"svce", "gcd", "ldce"})
 OWN_MODEL_KEY = {"gcd": "diffae", "ldce": "ldm"}
 
 
-# Methods whose suite entries may not have variants: their further rules (ACE's post-processing, GCD's direction
-# search and BB-LIG) are written for the method's own name
-NO_VARIANTS = {"ace": "ACE's post-processing rule (ace_postprocess)", "gcd": "GCD's direction and BB-LIG rules"}
+# Methods whose suite entries may not have variants: their further rules (GCD's direction search and BB-LIG) are
+# written for the method's own name
+NO_VARIANTS = {"gcd": "GCD's direction and BB-LIG rules"}
 
 
 def implementation(name: str) -> str:

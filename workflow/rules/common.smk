@@ -36,6 +36,9 @@ TABLES = list(config["tables"]) or list(SUITE["tables"])
 for _table in TABLES:
     section_entry(SUITE, "tables", _table)
 PAIRS = experiment_methods(SUITE)
+for _method in SUITE["methods"]:  # a method or a variant <method>_<label>; anything else stops the plan here
+    implementation(_method)
+ACE_METHODS = "|".join(m for m in SUITE["methods"] if implementation(m) == "ace") or "NONE"
 ENV = "../../envs/cfx.yaml"
 
 
@@ -139,14 +142,14 @@ def generation_method_spec(wildcards):
 
 
 def ace_spec(wildcards):
-    return method_settings(SUITE, "ace", wildcards.experiment)
+    return method_settings(SUITE, wildcards.method, wildcards.experiment)
 
 
 def postprocess_inputs(wildcards):
     """The attack's chunk manifest and the checkpoints ACE's post-processing loads."""
     inputs = generate_inputs(wildcards)
     inputs["pre"] = (
-        f"results/cf/{wildcards.experiment}/chunks/ace/{wildcards.chunk}-of-{wildcards.chunks}.json"
+        f"results/cf/{wildcards.experiment}/chunks/{wildcards.method}/{wildcards.chunk}-of-{wildcards.chunks}.json"
     )
     return inputs
 
@@ -258,7 +261,8 @@ def gcd_spec(wildcards):
 
 def chunk_manifests(wildcards):
     """Chunk manifests a merge reads: ACE's are those of its post-processing (the explanations)."""
-    stage = "ace_explanation" if wildcards.method == "ace" else wildcards.method
+    method = wildcards.method
+    stage = f"{method}_explanation" if implementation(method) == "ace" else method
     return expand(
         "results/cf/{experiment}/chunks/{stage}/{chunk}-of-{chunks}.json",
         experiment=wildcards.experiment,

@@ -30,11 +30,14 @@ rule generate:
         "../scripts/generate.py"
 
 
+# ACE and its variants (ace_<label>): {method}_explanation
 rule ace_postprocess:
     input:
         unpack(postprocess_inputs),
     output:
-        manifest="results/cf/{experiment}/chunks/ace_explanation/{chunk}-of-{chunks}.json",
+        manifest="results/cf/{experiment}/chunks/{method}_explanation/{chunk}-of-{chunks}.json",
+    wildcard_constraints:
+        method=ACE_METHODS,
     params:
         experiment=experiment_params,
         method=ace_spec,
@@ -48,7 +51,7 @@ rule ace_postprocess:
         batch_divisor=lambda wildcards, attempt: 2 ** (attempt - 1),
     retries: 3
     log:
-        "logs/ace_postprocess/{experiment}/{chunk}-of-{chunks}.log",
+        "logs/ace_postprocess/{experiment}/{method}/{chunk}-of-{chunks}.log",
     conda:
         ENV
     script:

@@ -7,6 +7,7 @@ from cfx.postprocess import postprocess_chunk
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 postprocess_chunk(
     experiment=snakemake.params.experiment,
+    method=snakemake.wildcards.method,
     method_spec=snakemake.params.method,
     model_specs=snakemake.params.models,
     checkpoints={"classifier": Path(snakemake.input.classifier), "ddpm": Path(snakemake.input.ddpm)},
