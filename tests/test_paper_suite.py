@@ -1,8 +1,8 @@
-"""The paper suite's table catalog as dry-runs: table1 (ACE/DiME Table 1, CelebA 128), table2 (ACE, BDD100k) and
-table6 (LDCE Table 6, CelebA-HQ smile and age; DiME, ACE, LDCE, GCD). With fake data roots in the upstream layouts
-the whole DAG of a table is planned from the suite file (index, checkpoint downloads, one generation job per
-experiment, method and chunk, ACE's post-processing, merges, metrics, the table) and no published network is
-trained; without data_roots the run stops saying what to download."""
+"""The paper suite's table catalog as dry-runs: table1 (ACE/DiME Table 1, CelebA 128), table2 (ACE, BDD100k), table3
+and table4 (ImageNet), table5 (ACE, BDD-OIA) and table6 (LDCE Table 6, CelebA-HQ smile and age; DiME, ACE, LDCE,
+GCD). With fake data roots in the upstream layouts the whole DAG of a table is planned from the suite file (index,
+checkpoint downloads, one generation job per experiment, method and chunk, ACE's post-processing, merges, metrics,
+the table) and no published network is trained; without data_roots the run stops saying what to download."""
 
 import os
 import re
@@ -18,6 +18,7 @@ from PIL import Image
 from cfx.data.synthetic import write_synthetic_celeba
 from cfx.methods import own_model_key
 from cfx.suite import load_suite, method_network, method_settings, metric_networks, network_checkpoint
+from tests.test_bdd_oia import fake_bdd_oia
 from tests.test_layouts import fake_celebahq, fake_imagenet_val
 from tests.test_workflow import _copy_workflow
 
@@ -137,6 +138,7 @@ def test_method_and_metric_settings_per_dataset():
         "celeba_smile": ("50", 3, 0.1, 0.15),
         "celebahq_smile": ("25", 1, 0.2, 0.15),
         "bdd100k_forward": ("100", 1, 0.05, 0.05),
+        "bdd_oia_forward": ("100", 1, 0.05, 0.05),  # no BDD-OIA script upstream: BDD-attack.sh's
     }
     for experiment, (respacing, batch, fraction, inpaint) in expected.items():
         ace = method_settings(suite, "ace", experiment)
@@ -152,7 +154,8 @@ def test_method_and_metric_settings_per_dataset():
         assert metric_networks(suite, metric, "celeba_young")["oracle"]["spec"] == {"kind": "celeba_oracle"}
         assert metric_networks(suite, metric, "celebahq_young")["oracle"]["name"] == "steex_celebahq_oracle"
     assert metric_networks(suite, "cout", "celeba_smile", "ace")["classifier"]["name"] == "dime_celeba_classifier"
-    assert metric_networks(suite, "cout", "bdd100k_forward", "ace")["classifier"]["name"] == "steex_bdd_classifier"
+    for experiment in ("bdd100k_forward", "bdd_oia_forward"):
+        assert metric_networks(suite, "cout", experiment, "ace")["classifier"]["name"] == "steex_bdd_classifier"
 
 
 def test_imagenet_pair_experiments_follow_ace_and_ldce_scripts():
@@ -203,17 +206,19 @@ def test_imagenet_pair_experiments_follow_ace_and_ldce_scripts():
 
 
 def _fake_roots(root: Path) -> dict[str, Path]:
-    """Tiny data roots in the upstream layouts of CelebA (Kaggle CSVs), BDD100k (images/100k/val) and ImageNet val
-    (class folders)."""
+    """Tiny data roots in the upstream layouts of CelebA (Kaggle CSVs), BDD100k (images/100k/val), BDD-OIA (lastframe:
+    data/ and the val JSONs) and ImageNet val (class folders)."""
     write_synthetic_celeba(root / "celeba", n_identities=2, images_per_identity=2, image_size=32, seed=0)
     fake_imagenet_val(root / "imagenet" / "val")
     (root / "bdd" / "images" / "100k" / "val").mkdir(parents=True)
     for k in range(3):
         Image.new("RGB", (16, 8)).save(root / "bdd" / "images" / "100k" / "val" / f"b{k}.jpg")
-    return {"celeba": root / "celeba", "bdd100k": root / "bdd", "imagenet": root / "imagenet" / "val"}
+    fake_bdd_oia(root / "bdd_oia")
+    return {"celeba": root / "celeba", "bdd100k": root / "bdd", "bdd_oia": root / "bdd_oia",
+            "imagenet": root / "imagenet" / "val"}
 
 
-@pytest.mark.parametrize("table", ["table1", "table2", "table3", "table4"])
+@pytest.mark.parametrize("table", ["table1", "table2", "table3", "table4", "table5"])
 def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     wf = _copy_workflow(tmp_path)
     roots = _fake_roots(tmp_path / "data")
@@ -232,8 +237,10 @@ def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     # classifier, oracle), VGGFace2, Inception and VGG-19; table2 = ACE on BDD100k x 4 metrics (DDPM, classifier,
     # Inception); table3 = 3 ImageNet pairs x (ACE, LDCE-cls, LDCE-txt) x 5 metrics (openai's DDPM, torchvision's
     # ResNet-50, cin256-v2, miniSD, SimSiam, Inception); table4 = LDCE-cls and -txt on all ImageNet classes x 5
-    # metrics (ResNet-50, cin256-v2, miniSD, SimSiam, Inception), reading LDCE's per-image targets
-    sizes = {"table1": (6, 4, 32), "table2": (3, 1, 4), "table3": (6, 9, 45), "table4": (5, 2, 10)}[table]
+    # metrics (ResNet-50, cin256-v2, miniSD, SimSiam, Inception), reading LDCE's per-image targets; table5 = ACE on
+    # BDD-OIA x 4 metrics (table2's networks)
+    sizes = {"table1": (6, 4, 32), "table2": (3, 1, 4), "table3": (6, 9, 45), "table4": (5, 2, 10),
+             "table5": (3, 1, 4)}[table]
     assert (len(needs["checkpoints"]), needs["merge_chunks"], needs["metric"]) == sizes
     ldce_data = ["resources/data/ldce/image_idx_to_tgt.yaml", "resources/data/ldce/synset_closest_idx.yaml",
                  "resources/data/ldce/imagenet_classnames.py"]  # per-image targets (table4), LDCE-txt's class names

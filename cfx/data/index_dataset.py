@@ -7,6 +7,8 @@
 * ``celebahq``: ACE's ``guided_diffusion/image_datasets.py:CelebAHQDataset`` (§3.3): the same Resize + CenterCrop;
 * ``bdd100k``: ACE's ``guided_diffusion/image_datasets.py:BDD10KCE`` (§3.3): bicubic resize to (H, W) = (s, 2s),
   256×512 for ``--image_size 256``, no crop; label 1 ("move forward") for every image;
+* ``bdd_oia``: ACE's ``BDDOIADataset`` (§3.3): the same bicubic resize; label = the BDD-OIA action the query label
+  indexes (0 forward, 1 stop, 2 left, 3 right), as upstream's ``target[query]``;
 * ``imagenet_val``: the class index (sorted wnids, ``ImageFolder``) as label; each method resizes as its upstream
   loader (``resize``, :data:`cfx.data.layouts.RESIZES`): ACE's ``ImageFolder`` Resize(256) + CenterCrop(256)
   (the default), LDCE's ``Resize((256, 256))`` (``stretch``), SVCE's bicubic 224×224 (``stretch_bicubic``).
@@ -27,7 +29,7 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
 from cfx.data.celeba import CELEBA_ATTRIBUTES, SPLITS, load_rgb
-from cfx.data.layouts import ATTRIBUTE_LAYOUTS, image_shape, resize_mode
+from cfx.data.layouts import ACTION_LAYOUTS, ATTRIBUTE_LAYOUTS, BDD_OIA_ACTIONS, image_shape, resize_mode
 
 
 def layout_transform(layout: str, image_size: int | Sequence[int], normalize: bool = True,
@@ -54,9 +56,11 @@ class IndexDataset(Dataset):
     (long), or all 40 attributes as a float 0/1 vector without a query (as DiME's ``CelebADataset``); ImageNet, the
     class index (the index's ``label``); BDD100k, the index's ``label`` column (1 for every image, as ``BDD10KCE``;
     the query label picks the classifier's output, not the label: STEEX's output 0 = move forward,
-    :func:`cfx.models.steex.steex_output_index`). ``resize``: the method's resize (:data:`cfx.data.layouts.RESIZES`),
-    else the layout's. ``origin`` names where the rows came from in the error for unknown ``image_ids`` (default:
-    the index, with its path when read from one)."""
+    :func:`cfx.models.steex.steex_output_index`); BDD-OIA, action ``query_label`` of the index's action columns
+    (:data:`cfx.data.layouts.BDD_OIA_ACTIONS`) as 0/1 (long), or the four actions as a float vector without a query
+    (ACE's ``BDDOIADataset``: ``target[0:4]``, then ``target[query]``). ``resize``: the method's resize
+    (:data:`cfx.data.layouts.RESIZES`), else the layout's. ``origin`` names where the rows came from in the error for
+    unknown ``image_ids`` (default: the index, with its path when read from one)."""
 
     def __init__(self, index: pd.DataFrame | str | Path, layout: str, split: str = "val",
                  image_size: int | Sequence[int] = 128, query_label: int | None = None,
@@ -70,7 +74,15 @@ class IndexDataset(Dataset):
             frame, described = index, f"the {layout} index"
         else:
             frame, described = pd.read_csv(index, dtype={"image_id": str}), f"the {layout} index {index}"
-        labels = set(CELEBA_ATTRIBUTES) if layout in ATTRIBUTE_LAYOUTS else {"label"}
+        if layout in ATTRIBUTE_LAYOUTS:
+            labels = set(CELEBA_ATTRIBUTES)
+        elif layout in ACTION_LAYOUTS:
+            labels = set(BDD_OIA_ACTIONS)
+            if query_label is not None and not 0 <= int(query_label) < len(BDD_OIA_ACTIONS):
+                raise ValueError(f"query label {query_label} is not a BDD-OIA action: it indexes "
+                                 f"{', '.join(f'{i} {a}' for i, a in enumerate(BDD_OIA_ACTIONS))}")
+        else:
+            labels = {"label"}
         needed = {"image_id", "path", "partition"} | labels
         absent = sorted(needed - set(frame.columns))
         if absent:
@@ -93,7 +105,12 @@ class IndexDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         row = self.frame.iloc[i]
         image = self.transform(load_rgb(Path(row["path"])))
-        if self.layout not in ATTRIBUTE_LAYOUTS:
+        if self.layout in ACTION_LAYOUTS:
+            if self.query_label is None:
+                label = torch.tensor(row[list(BDD_OIA_ACTIONS)].to_numpy(dtype="int64"), dtype=torch.float32)
+            else:
+                label = torch.tensor(int(row[BDD_OIA_ACTIONS[int(self.query_label)]]), dtype=torch.long)
+        elif self.layout not in ATTRIBUTE_LAYOUTS:
             label = torch.tensor(int(row["label"]), dtype=torch.long)
         elif self.query_label is None:
             label = torch.tensor((row[CELEBA_ATTRIBUTES].to_numpy(dtype="int64") + 1) // 2, dtype=torch.float32)

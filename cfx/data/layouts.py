@@ -5,10 +5,15 @@ CelebA-HQ follows ACE's ``CelebAHQDataset`` (reference/dime_ace.md §3.3): ``Cel
 (``idx orig_idx orig_file``), CelebA's ``list_eval_partition.csv`` merged through ``orig_file``, images
 ``CelebA-HQ-img/<n>.jpg``. ImageNet val is the ImageFolder layout (``<wnid>/ILSVRC2012_val_<8 digits>.JPEG``,
 reference/ldce_gcd_svce.md §1.8), indexed in the standard 50 000-image order (by val number), label = sorted wnid index.
+BDD-OIA follows ACE's ``BDDOIADataset`` (taken from STEEX's ``data/bdd_dataset.py``; reference/dime_ace.md §3.3): the
+val split of the ``lastframe`` release, ``val_25k_images_actions.json`` + ``val_25k_images_reasons.json`` and the
+images ``data/<file_name>``, one column per action (forward, stop, left, right).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +38,16 @@ CHEXPERT_LABELS = [
 ]
 WNID = re.compile(r"^n\d{8}$")
 VAL_NAME = re.compile(r"^ILSVRC2012_val_(\d{8})\.JPEG$")
-LAYOUTS = ("celeba", "celebahq", "imagenet_val", "bdd100k", "chexpert")
+BDD_OIA_URL = ("https://github.com/Twizwei/bddoia_project (BDD-OIA, the lastframe release: data/ and "
+               "val_25k_images_actions.json, val_25k_images_reasons.json)")
+BDD_OIA_IMAGES, BDD_OIA_ACTIONS_JSON, BDD_OIA_REASONS_JSON = (
+    "data", "val_25k_images_actions.json", "val_25k_images_reasons.json")
+# the first four BDD-OIA action labels, the outputs of STEEX's BDD decision classifier (reference/dime_ace.md §2.6);
+# an experiment's query_label indexes them
+BDD_OIA_ACTIONS = ("forward", "stop", "left", "right")
+LAYOUTS = ("celeba", "celebahq", "imagenet_val", "bdd100k", "bdd_oia", "chexpert")
+
+log = logging.getLogger(__name__)
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -135,6 +149,69 @@ def read_bdd100k(root: Path, key: str = "bdd100k") -> pd.DataFrame:
     return frame
 
 
+def _read_json(path: Path, what: str, key: str) -> object:
+    if not path.is_file():
+        raise _missing(path, what, BDD_OIA_URL, key)
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise DatasetLayoutError(f"{path} is not JSON ({err}): download {what} from {BDD_OIA_URL}") from err
+
+
+def read_bdd_oia(root: Path, key: str = "bdd_oia") -> pd.DataFrame:
+    """BDD-OIA val as ACE's ``BDDOIADataset`` (``partition='val'``) reads it: the images of
+    ``val_25k_images_actions.json`` (``{"images": [{"file_name", "id"}], "annotations": [{"category": [...]}]}``,
+    image ``id`` = position of its annotation) sorted by file name, keeping those whose ``category`` has 4 entries or
+    a 5th entry 0 and whose file ``data/<file_name>`` exists; one row per image: image_id (the file name), path,
+    partition 1, and the first four actions as 0/1 columns :data:`BDD_OIA_ACTIONS`. ``val_25k_images_reasons.json``
+    (a list of ``{"file_name", "reason"}``) must be there, as upstream opens it; the reasons are not indexed."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetLayoutError(f"BDD-OIA root {root} does not exist: download {BDD_OIA_URL} and set data_roots: "
+                                 f"{{{key}: /path/to/lastframe}} in config.yaml")
+    actions_path, reasons_path, images = root / BDD_OIA_ACTIONS_JSON, root / BDD_OIA_REASONS_JSON, root / BDD_OIA_IMAGES
+    actions = _read_json(actions_path, "BDD-OIA's val action labels", key)
+    reasons = _read_json(reasons_path, "BDD-OIA's val reason labels", key)
+    if not images.is_dir():
+        raise _missing(images, "BDD-OIA's images (the lastframe data/ folder)", BDD_OIA_URL, key)
+    listed = actions.get("images") if isinstance(actions, dict) else None
+    annotations = actions.get("annotations") if isinstance(actions, dict) else None
+    if not isinstance(listed, list) or not isinstance(annotations, list):
+        raise DatasetLayoutError(f"{actions_path} must be an object with the lists 'images' and 'annotations' "
+                                 f"(BDD-OIA's format)")
+    if not isinstance(reasons, list) or not all(isinstance(r, dict) and "file_name" in r for r in reasons):
+        raise DatasetLayoutError(f"{reasons_path} must be a list of {{'file_name', 'reason'}} entries (BDD-OIA's "
+                                 f"format)")
+    if not all(isinstance(i, dict) and isinstance(i.get("file_name"), str) and isinstance(i.get("id"), int)
+               for i in listed):
+        raise DatasetLayoutError(f"{actions_path}: every entry of 'images' needs a 'file_name' and an integer 'id'")
+    rows, absent = [], []
+    for image in sorted(listed, key=lambda i: i["file_name"]):  # upstream: sorted by file name, stable
+        ident = image["id"]
+        if not 0 <= ident < len(annotations):  # upstream reads annotations[id]
+            raise DatasetLayoutError(f"{actions_path}: image {image['file_name']} has id {ident}, but 'annotations' "
+                                     f"has {len(annotations)} entries (the id is the annotation's position)")
+        category = annotations[ident].get("category") if isinstance(annotations[ident], dict) else None
+        if not isinstance(category, list) or len(category) < 4 or not all(v in (0, 1) for v in category):
+            raise DatasetLayoutError(f"{actions_path}: annotation {ident} ({image['file_name']}) needs a 'category' "
+                                     f"of at least 4 values 0/1, got {category!r}")
+        if len(category) != 4 and category[4] != 0:  # kept: 4 actions, or a 5th label 0 (as upstream)
+            continue
+        path = images / image["file_name"]
+        if not path.is_file():  # upstream skips listed images that are not on disk (os.path.isfile)
+            absent.append(image["file_name"])
+            continue
+        rows.append((image["file_name"], str(path.resolve()), *[int(v) for v in category[:4]]))
+    if absent:
+        log.warning("BDD-OIA: %d of the images listed in %s are not in %s; skipped, as ACE's BDDOIADataset does "
+                    "(e.g. %s)", len(absent), actions_path, images, absent[:3])
+    if not rows:
+        raise DatasetLayoutError(f"none of the val images of {actions_path} is in {images}: download {BDD_OIA_URL}")
+    frame = pd.DataFrame(rows, columns=["image_id", "path", *BDD_OIA_ACTIONS])
+    frame.insert(2, "partition", 1)
+    return frame
+
+
 def read_chexpert(root: Path, key: str = "chexpert") -> pd.DataFrame:
     """CheXpert's official validation split: ``valid.csv`` (Path relative to the root's parent, e.g.
     ``CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg``) and its 14 labels (1, 0, −1 uncertain,
@@ -179,6 +256,8 @@ def build_layout_index(layout: str, root: Path, out_csv: Path, key: str = "") ->
         frame = read_chexpert(root, key or "chexpert")
     elif layout == "bdd100k":
         frame = read_bdd100k(root, key or "bdd100k")
+    elif layout == "bdd_oia":
+        frame = read_bdd_oia(root, key or "bdd_oia")
     else:
         raise ValueError(f"unknown dataset layout '{layout}'; known: {', '.join(LAYOUTS)}")
     _atomic_csv(frame, Path(out_csv))
@@ -192,23 +271,29 @@ DOWNLOAD_HINTS = {
                 f"CelebA's {PARTITION_CSV} from {CELEBA_URL}, all in one folder",
     "imagenet_val": IMAGENET_URL,
     "bdd100k": BDD_URL,
+    "bdd_oia": BDD_OIA_URL,
     "chexpert": CHEXPERT_URL,
 }
 
 
 # layouts whose images generation reads (cfx.data.index_dataset.IndexDataset). Attribute layouts label an image by
-# a CelebA attribute (the experiment's query); the others by the index's label column (ImageNet: the class index).
+# a CelebA attribute (the experiment's query); action layouts (BDD-OIA) by the action the query indexes; the others by
+# the index's label column (ImageNet: the class index).
 ATTRIBUTE_LAYOUTS = ("celeba", "celebahq")
+ACTION_LAYOUTS = ("bdd_oia",)
 SQUARE_LAYOUTS = (*ATTRIBUTE_LAYOUTS, "imagenet_val")
-IMAGE_LAYOUTS = (*SQUARE_LAYOUTS, "bdd100k")
+# BDD images: ACE's --image_size s is (H, W) = (s, 2s) (BDD10KCE, BDDOIADataset)
+WIDE_LAYOUTS = ("bdd100k", *ACTION_LAYOUTS)
+IMAGE_LAYOUTS = (*SQUARE_LAYOUTS, *WIDE_LAYOUTS)
 # How an image is brought to the networks' size, as each upstream loader does it:
 #   center_crop      Resize(s) (short side, bilinear) + CenterCrop(s): DiME CelebADataset, ACE CelebAHQDataset, ACE's
 #                    ImageNet ImageFolder (reference/dime_ace.md §3.3)
 #   stretch          Resize((H, W)), bilinear, aspect distorted: LDCE's ImageNet (reference/ldce_gcd_svce.md §1.8)
-#   stretch_bicubic  Resize((H, W)), bicubic: ACE's BDD10KCE (dime_ace.md §3.3), SVCE's ImageNet (ldce_gcd_svce.md §3.3)
+#   stretch_bicubic  Resize((H, W)), bicubic: ACE's BDD10KCE and BDDOIADataset (dime_ace.md §3.3), SVCE's ImageNet
+#                    (ldce_gcd_svce.md §3.3)
 RESIZES = ("center_crop", "stretch", "stretch_bicubic")
 DEFAULT_RESIZE = {"celeba": "center_crop", "celebahq": "center_crop", "imagenet_val": "center_crop",
-                  "bdd100k": "stretch_bicubic"}
+                  "bdd100k": "stretch_bicubic", "bdd_oia": "stretch_bicubic"}
 NO_TRANSFORM_YET = {
     "chexpert": "GCD reads CheXpert as grayscale images already at the classifier's 224 px and does no resizing "
                 "(reference/ldce_gcd_svce.md §2.7); its DiffAE is single-channel: no transform here yet",
@@ -217,7 +302,7 @@ NO_TRANSFORM_YET = {
 
 def image_shape(layout: str, image_size: int | Sequence[int]) -> tuple[int, int]:
     """(H, W) of the images generation feeds the networks for an experiment's ``image_size``. CelebA, CelebA-HQ and
-    ImageNet are square (``s`` or ``[s, s]``). BDD100k is ACE's ``BDD10KCE`` resize
+    ImageNet are square (``s`` or ``[s, s]``). BDD100k and BDD-OIA are ACE's ``BDD10KCE`` / ``BDDOIADataset`` resize
     (``guided_diffusion/image_datasets.py``): an int ``s`` is its ``--image_size s`` = (s, 2s), e.g. 256 -> 256x512;
     ``[H, W]`` is taken as given."""
     if isinstance(image_size, bool) or not isinstance(image_size, int | Sequence) or isinstance(image_size, str):
@@ -232,7 +317,7 @@ def image_shape(layout: str, image_size: int | Sequence[int]) -> tuple[int, int]
             raise ValueError(f"layout '{layout}' gives square images; image_size {image_size!r} is not square: give "
                              f"one integer")
         return sizes[0], sizes[0]
-    if layout == "bdd100k":
+    if layout in WIDE_LAYOUTS:
         return (sizes[0], 2 * sizes[0]) if len(sizes) == 1 else (sizes[0], sizes[1])
     raise ValueError(f"unknown dataset layout '{layout}'; known: {', '.join(LAYOUTS)}")
 
