@@ -246,9 +246,9 @@ def ldce_conditioning(method_spec: dict[str, Any], query_label: int | None,
     if table is None:
         return None
     if query_label is None:
-        raise ValueError("methods.ldce.conditioning maps a binary query's two targets to prompts, but this experiment "
-                         "has class_targets (its targets are class labels): set conditioning: null for its dataset "
-                         "(methods.ldce.datasets.<dataset>)")
+        raise ValueError("methods.ldce.conditioning maps a binary query's two targets to prompts, but this "
+                         "experiment's targets are classes (class_targets or image_targets): set conditioning: null "
+                         "(class labels) or a class_prompt for its dataset (methods.<ldce method>.datasets.<dataset>)")
     entry = table.get(query_label, table.get(str(query_label)))
     if entry is None:
         raise KeyError(f"methods.ldce.conditioning has no entry for query label {query_label} "
