@@ -75,6 +75,7 @@ def _table_needs(suite: dict, table: str, chunks: int) -> dict[str, object]:
     if lpips and lpips["checkpoint"]:  # GCD's direction search reads LPIPS's VGG-16 from the registry file
         checkpoints.add(lpips["checkpoint"])
     return {
+        "methods": spec["methods"],
         "experiments": experiments,
         "generate": {f"results/cf/{e}/chunks/{m}/{c}-of-{chunks}.json" for e, m in pairs for c in range(chunks)},
         "ace_postprocess": len(experiments) * chunks if "ace" in spec["methods"] else 0,
@@ -200,6 +201,14 @@ def test_imagenet_pair_experiments_follow_ace_and_ldce_scripts():
     assert {k: txt["config"][k] for k in ("strength", "classifier_lambda", "dist_lambda", "deg_cone_projection")} == {
         "strength": 0.382, "classifier_lambda": 3.95, "dist_lambda": 1.2, "deg_cone_projection": 50.0}
     assert method_settings(suite, "ldce_txt", "imagenet_ldce_all") == txt
+    # GCD per dataset: its CelebA config and DiffAE on CelebA 128, the FFHQ DiffAE and CelebA-HQ config elsewhere
+    gcd = method_settings(suite, "gcd", "celeba_smile")
+    assert gcd["diffae"] == "gcd_celeba_diffae"
+    assert suite["models"]["gcd_celeba_diffae"]["template"] == "celeba128_autoenc"
+    assert {k: gcd["config"][k] for k in ("n_iters", "dae_batch_size", "min_max_step_size", "n_hessian_eigenvecs")} == {
+        "n_iters": 50, "dae_batch_size": 512, "min_max_step_size": [1e-4, 4.0], "n_hessian_eigenvecs": 30}
+    assert method_settings(suite, "gcd", "celebahq_smile")["diffae"] == "diffae_ffhq256_autoenc"
+    assert method_settings(suite, "gcd", "celebahq_smile")["config"]["n_iters"] == 52
     # CelebA-HQ keeps LDCE-txt's miniSD and its prompts
     assert method_settings(suite, "ldce", "celebahq_smile")["ldm"] == "minisd"
     assert method_settings(suite, "ldce", "celebahq_smile")["conditioning"]["31"][1] == "a photo of a smiling person"
@@ -218,7 +227,7 @@ def _fake_roots(root: Path) -> dict[str, Path]:
             "imagenet": root / "imagenet" / "val"}
 
 
-@pytest.mark.parametrize("table", ["table1", "table2", "table3", "table4", "table5"])
+@pytest.mark.parametrize("table", ["table1", "table2", "table3", "table4", "table5", "table7"])
 def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     wf = _copy_workflow(tmp_path)
     roots = _fake_roots(tmp_path / "data")
@@ -238,10 +247,12 @@ def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     # Inception); table3 = 3 ImageNet pairs x (ACE, LDCE-cls, LDCE-txt) x 5 metrics (openai's DDPM, torchvision's
     # ResNet-50, cin256-v2, miniSD, SimSiam, Inception); table4 = LDCE-cls and -txt on all ImageNet classes x 5
     # metrics (ResNet-50, cin256-v2, miniSD, SimSiam, Inception), reading LDCE's per-image targets; table5 = ACE on
-    # BDD-OIA x 4 metrics (table2's networks)
+    # BDD-OIA x 4 metrics (table2's networks); table7 = GCD on CelebA 128 x 8 metrics (GCD's CelebA DiffAE, DiME's
+    # classifier and oracle, LPIPS's VGG-16, VGGFace2, Inception), one direction search per task
     sizes = {"table1": (6, 4, 32), "table2": (3, 1, 4), "table3": (6, 9, 45), "table4": (5, 2, 10),
-             "table5": (3, 1, 4)}[table]
+             "table5": (3, 1, 4), "table7": (6, 2, 16)}[table]
     assert (len(needs["checkpoints"]), needs["merge_chunks"], needs["metric"]) == sizes
+    assert counts.get("gcd_direction", 0) == (len(needs["experiments"]) if "gcd" in needs["methods"] else 0)
     ldce_data = ["resources/data/ldce/image_idx_to_tgt.yaml", "resources/data/ldce/synset_closest_idx.yaml",
                  "resources/data/ldce/imagenet_classnames.py"]  # per-image targets (table4), LDCE-txt's class names
     assert outputs.get("fetch_ldce_targets", []) == (ldce_data if table in ("table3", "table4") else [])

@@ -233,12 +233,12 @@ def gcd_direction_inputs(wildcards):
 
 
 def gcd_network_inputs(wildcards):
-    """The index, the experiment's classifier and GCD's DiffAE."""
+    """The index, the experiment's classifier and GCD's DiffAE for the experiment's dataset."""
     spec = experiment_spec(wildcards)
     return {
         "index": f"results/data/{spec['dataset']}/index.csv",
         "classifier": network_checkpoint(spec["classifier"]),
-        "diffae": network_checkpoint(method_model("gcd")),
+        "diffae": network_checkpoint(method_model("gcd", wildcards.experiment)),
     }
 
 
@@ -250,7 +250,7 @@ def gcd_bblig_inputs(wildcards):
 
 def gcd_models(wildcards):
     """Model specs of GCD's classifier and DiffAE."""
-    names = [experiment_spec(wildcards)["classifier"], method_model("gcd")]
+    names = [experiment_spec(wildcards)["classifier"], method_model("gcd", wildcards.experiment)]
     return {name: section_entry(SUITE, "models", name) for name in names}
 
 
