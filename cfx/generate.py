@@ -331,10 +331,10 @@ def generate_chunk(
     """Generate the counterfactuals of one chunk into the upstream tree and write the chunk manifest.
 
     Images are read from ``index_csv``'s paths with the transform of the dataset's ``layout``
-    (:class:`cfx.data.index_dataset.IndexDataset`: CelebA, CelebA-HQ, BDD100k, ImageNet), resized as the method's
-    ``image_resize`` says where it sets one (LDCE on ImageNet: ``stretch``). Multi-class experiments give each image
-    its target (:func:`experiment_targets`; ``targets_file``: LDCE's ``image_idx_to_tgt.yaml``); ``subset_file``:
-    the image list of an experiment's ``subset`` (DiME's mini-val).
+    (:class:`cfx.data.index_dataset.IndexDataset`: CelebA, CelebA-HQ, BDD100k, BDD-OIA, ImageNet, CheXpert), resized
+    as the method's ``image_resize`` says where it sets one (LDCE on ImageNet: ``stretch``). Multi-class experiments
+    give each image its target (:func:`experiment_targets`; ``targets_file``: LDCE's ``image_idx_to_tgt.yaml``);
+    ``subset_file``: the image list of an experiment's ``subset`` (DiME's mini-val).
 
     The method's ``batch_size`` is divided by ``batch_divisor`` (at least 1 image per batch): the workflow passes
     2^(attempt−1) so that a retry after a CUDA out-of-memory error runs with half the batch. ``compile_unet`` wraps

@@ -109,6 +109,8 @@ def _gcd_networks(experiment: dict[str, Any], method_spec: dict[str, Any], model
     net.requires_grad_(False)
 
     def lpips(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if a.shape[1] == 1:  # grayscale (CheXpert): upstream's lpips.LPIPS broadcasts one channel against its
+            a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)  # 3-channel ScalingLayer: the same as repeating
         return net(a, b).reshape(a.shape[0])
 
     return dae, classifier, lpips
@@ -126,7 +128,8 @@ def gcd_direction(*, experiment: dict[str, Any], method_spec: dict[str, Any], mo
     """GCD's direction search for an experiment: source = image :func:`gcd_source_position` of the experiment; writes
     the chosen direction (``out_path``, :func:`cfx.methods.gcd.choose_direction`), every direction
     (``directions.pt`` next to it) and a JSON record of the search (``search.json``). The image is read with the
-    transform of the dataset's ``layout`` (:class:`cfx.data.index_dataset.IndexDataset`)."""
+    transform of the dataset's ``layout`` (:class:`cfx.data.index_dataset.IndexDataset`; the method's ``image_resize``
+    if it names one, as generation reads the images)."""
     import json
 
     from cfx.data.index_dataset import IndexDataset
@@ -142,7 +145,8 @@ def gcd_direction(*, experiment: dict[str, Any], method_spec: dict[str, Any], mo
     if not 0 <= position < len(image_ids):
         raise ValueError(f"GCD source_position {position} is outside the experiment's {len(image_ids)} images")
     dataset = IndexDataset(index, layout, split=experiment["split"], image_size=experiment["image_size"],
-                           query_label=int(experiment["query_label"]), image_ids=[image_ids[position]])
+                           query_label=int(experiment["query_label"]), image_ids=[image_ids[position]],
+                           resize=method_spec.get("image_resize"))
     dae, classifier, lpips = _gcd_networks(experiment, method_spec, model_specs, checkpoints, device, precision)
     dev = next(dae.model.parameters()).device
     image = dataset[0][1][None].to(dev)
@@ -186,7 +190,8 @@ def gcd_bblig(*, experiment: dict[str, Any], method_spec: dict[str, Any], model_
     index = pd.read_csv(index_csv, dtype={"image_id": str})
     image_ids = experiment_images(index, experiment)[:n_images]
     dataset = IndexDataset(index, layout, split=experiment["split"], image_size=experiment["image_size"],
-                           query_label=int(experiment["query_label"]), image_ids=image_ids)
+                           query_label=int(experiment["query_label"]), image_ids=image_ids,
+                           resize=method_spec.get("image_resize"))
     spec = {**method_spec, "config": {**method_spec.get("config", {})}}
     dae, classifier, _ = _gcd_networks(experiment, spec, model_specs, checkpoints, device, precision, with_lpips=False)
     dae.batch_size = int({**DEFAULTS, **spec["config"]}["transfer_batch_size"])

@@ -66,9 +66,17 @@ def _check_metric_names(suite: dict, path: Path) -> None:
 
 def _check_image_sizes(suite: dict, path: Path) -> None:
     """Each experiment's ``image_size`` fits its dataset's layout (:func:`cfx.data.layouts.image_shape`: square for
-    CelebA and CelebA-HQ, an int or [H, W] for BDD100k and BDD-OIA); layouts generation cannot read yet are left to
-    the run. A BDD-OIA experiment's ``query_label`` is one of its four actions."""
-    from cfx.data.layouts import ACTION_LAYOUTS, BDD_OIA_ACTIONS, IMAGE_LAYOUTS, image_shape
+    CelebA, CelebA-HQ, ImageNet and CheXpert, an int or [H, W] for BDD100k and BDD-OIA); layouts generation cannot
+    read yet are left to the run. A BDD-OIA experiment's ``query_label`` is one of its four actions, a CheXpert
+    experiment's one of the 14 outputs of GCD's classifier."""
+    from cfx.data.layouts import (
+        ACTION_LAYOUTS,
+        BDD_OIA_ACTIONS,
+        FINDING_LAYOUTS,
+        GCD_CHEXPERT_OUTPUTS,
+        IMAGE_LAYOUTS,
+        image_shape,
+    )
 
     for name, experiment in (suite.get("experiments") or {}).items():
         layout = ((suite.get("datasets") or {}).get(experiment.get("dataset")) or {}).get("layout")
@@ -76,6 +84,9 @@ def _check_image_sizes(suite: dict, path: Path) -> None:
         if layout in ACTION_LAYOUTS and isinstance(query, int) and not 0 <= query < len(BDD_OIA_ACTIONS):
             raise SuiteError(f"{path}: experiment '{name}': query_label {query} is not a BDD-OIA action (0..3: "
                              f"{', '.join(BDD_OIA_ACTIONS)})")
+        if layout in FINDING_LAYOUTS and isinstance(query, int) and not 0 <= query < len(GCD_CHEXPERT_OUTPUTS):
+            raise SuiteError(f"{path}: experiment '{name}': query_label {query} is not an output of GCD's CheXpert "
+                             f"classifier (0..13: {', '.join(GCD_CHEXPERT_OUTPUTS)})")
         if layout in IMAGE_LAYOUTS and "image_size" in experiment:
             try:
                 image_shape(layout, experiment["image_size"])

@@ -9,7 +9,10 @@ here). The key lists are spelled out from the upstream architecture descriptions
   torchvision's ``densenet121`` with an Identity head, then ``Linear(1024, num_classes)``), saved as its training
   script does: ``{'epoch', 'model_state_dict', 'optimizer_state_dict', 'loss'}``;
 * torchvision's ``vgg16-397923af.pth`` (``torchvision/models/vgg.py`` cfg "D": ``features.{i}`` convolutions and the
-  ``classifier.{0,3,6}`` ImageNet head), the trunk of ``lpips.LPIPS(net='vgg')``.
+  ``classifier.{0,3,6}`` ImageNet head), the trunk of ``lpips.LPIPS(net='vgg')``;
+* GCD's CheXpert classifier (sobieskibj/gcd ``gcd/src/classifiers/dense_net_chexpert.py``: ``DenseNetCheXpert`` whose
+  ``classifier`` is MONAI's ``DenseNet264(spatial_dims=2, in_channels=3, out_channels=14)``, Project-MONAI/MONAI
+  ``monai/networks/nets/densenet.py``), saved as ``{'state_dict': ...}`` with the training checkpoint's counters.
 """
 
 from __future__ import annotations
@@ -112,6 +115,45 @@ def write_steex_decision_checkpoint(path: Path, num_classes: int = 3, seed: int 
                                                 "amsgrad": False, "params": list(range(len(state)))}]}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"epoch": 9, "model_state_dict": state, "optimizer_state_dict": optimizer, "loss": 0.21}, path)
+    return state
+
+
+def monai_densenet_shapes(in_channels: int = 3, out_channels: int = 14, init_features: int = 64,
+                          growth_rate: int = 32, block_config: tuple[int, ...] = (6, 12, 64, 48), bn_size: int = 4,
+                          prefix: str = "classifier.") -> dict[str, tuple[int, ...]]:
+    """Key → shape of ``prefix`` + MONAI ``DenseNet(spatial_dims=2, ...).state_dict()`` (defaults: ``DenseNet264``
+    with GCD's 3 input channels and 14 outputs, under GCD's wrapper attribute ``classifier``): ``features.conv0``,
+    ``features.norm0``, ``features.denseblock{i}.denselayer{j}.layers.{norm1,conv1,norm2,conv2}`` (MONAI's
+    ``_DenseLayer`` keeps its layers in a ``layers`` Sequential), ``features.transition{i}.{norm,conv}``,
+    ``features.norm5``, ``class_layers.out`` (Linear)."""
+    shapes = {"features.conv0.weight": (init_features, in_channels, 7, 7), **_bn("features.norm0", init_features, True)}
+    channels = init_features
+    for block, layers in enumerate(block_config, start=1):
+        for layer in range(1, layers + 1):
+            p = f"features.denseblock{block}.denselayer{layer}.layers"
+            shapes.update(_bn(f"{p}.norm1", channels, True))
+            shapes[f"{p}.conv1.weight"] = (bn_size * growth_rate, channels, 1, 1)
+            shapes.update(_bn(f"{p}.norm2", bn_size * growth_rate, True))
+            shapes[f"{p}.conv2.weight"] = (growth_rate, bn_size * growth_rate, 3, 3)
+            channels += growth_rate
+        if block < len(block_config):
+            shapes.update(_bn(f"features.transition{block}.norm", channels, True))
+            shapes[f"features.transition{block}.conv.weight"] = (channels // 2, channels, 1, 1)
+            channels //= 2
+    shapes.update(_bn("features.norm5", channels, True))
+    shapes["class_layers.out.weight"] = (out_channels, channels)
+    shapes["class_layers.out.bias"] = (out_channels,)
+    return {f"{prefix}{k}": v for k, v in shapes.items()}
+
+
+def write_gcd_chexpert_checkpoint(path: Path, seed: int = 0, state: dict[str, torch.Tensor] | None = None,
+                                  **arch) -> dict[str, torch.Tensor]:
+    """GCD's CheXpert classifier file with random weights (or ``state``): ``{'state_dict', 'epoch', 'global_step'}``
+    (what ``dense_net_chexpert.py`` reads is ``['state_dict']``); returns the state dict written."""
+    if state is None:
+        state = random_state(monai_densenet_shapes(**arch), seed=seed, bn_gamma=0.5)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": 11, "global_step": 4242, "state_dict": state}, path)
     return state
 
 

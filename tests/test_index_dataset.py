@@ -12,6 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
+from cfx.data import layouts
 from cfx.data.celeba import build_index
 from cfx.data.celeba_dataset import CelebADataset
 from cfx.data.index_dataset import IndexDataset
@@ -184,17 +185,23 @@ def _center_crop(image: Image.Image, side: int) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def test_image_shapes_and_errors(tmp_path):
+def test_image_shapes_and_errors(tmp_path, monkeypatch):
     assert image_shape("celeba", 128) == (128, 128) and image_shape("celebahq", [256, 256]) == (256, 256)
     assert image_shape("bdd100k", 256) == (256, 512) and image_shape("bdd100k", [64, 128]) == (64, 128)
-    with pytest.raises(ValueError, match="not square"):
-        image_shape("celebahq", [256, 512])
+    assert image_shape("chexpert", 224) == (224, 224)
+    for layout in ("celebahq", "chexpert"):
+        with pytest.raises(ValueError, match="not square"):
+            image_shape(layout, [256, 512])
     for bad in ("256", [0, 4], [1, 2, 3], True):
         with pytest.raises(ValueError, match="image_size"):
             image_shape("bdd100k", bad)
     frame = pd.DataFrame({"image_id": ["a.jpg"], "path": [str(tmp_path / "a.jpg")], "partition": [1], "label": [1]})
-    with pytest.raises(NotImplementedError, match="layout 'chexpert'"):
+    with pytest.raises(ValueError, match="lacks the columns"):  # CheXpert reads its 14 finding columns
         IndexDataset(frame, "chexpert", image_size=224)
+    monkeypatch.setitem(layouts.NO_TRANSFORM_YET, "bdd100k", "a reason")  # a layout indexed but not yet readable
+    with pytest.raises(NotImplementedError, match="layout 'bdd100k' yet: a reason"):
+        IndexDataset(frame, "bdd100k", image_size=224)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="image_resize 'crop'"):
         IndexDataset(frame, "imagenet_val", image_size=224, resize="crop")
     with pytest.raises(ValueError, match="lacks the columns"):

@@ -1,8 +1,9 @@
 """The paper suite's table catalog as dry-runs: table1 (ACE/DiME Table 1, CelebA 128), table2 (ACE, BDD100k), table3
-and table4 (ImageNet), table5 (ACE, BDD-OIA) and table6 (LDCE Table 6, CelebA-HQ smile and age; DiME, ACE, LDCE,
-GCD). With fake data roots in the upstream layouts the whole DAG of a table is planned from the suite file (index,
-checkpoint downloads, one generation job per experiment, method and chunk, ACE's post-processing, merges, metrics,
-the table) and no published network is trained; without data_roots the run stops saying what to download."""
+and table4 (ImageNet), table5 (ACE, BDD-OIA), table6 (LDCE Table 6, CelebA-HQ smile and age; DiME, ACE, LDCE,
+GCD), table7 (GCD, CelebA 128) and table8 (GCD, CheXpert 224). With fake data roots in the upstream layouts the
+whole DAG of a table is planned from the suite file (index, checkpoint downloads, one generation job per experiment,
+method and chunk, ACE's post-processing, merges, metrics, the table) and no published network is trained; without
+data_roots the run stops saying what to download."""
 
 import os
 import re
@@ -19,6 +20,7 @@ from cfx.data.synthetic import write_synthetic_celeba
 from cfx.methods import own_model_key
 from cfx.suite import load_suite, method_network, method_settings, metric_networks, network_checkpoint
 from tests.test_bdd_oia import fake_bdd_oia
+from tests.test_chexpert_gcd import fake_chexpert
 from tests.test_layouts import fake_celebahq, fake_imagenet_val
 from tests.test_workflow import _copy_workflow
 
@@ -216,18 +218,19 @@ def test_imagenet_pair_experiments_follow_ace_and_ldce_scripts():
 
 def _fake_roots(root: Path) -> dict[str, Path]:
     """Tiny data roots in the upstream layouts of CelebA (Kaggle CSVs), BDD100k (images/100k/val), BDD-OIA (lastframe:
-    data/ and the val JSONs) and ImageNet val (class folders)."""
+    data/ and the val JSONs), ImageNet val (class folders) and CheXpert (valid.csv + valid/patient*/study*/*.jpg)."""
     write_synthetic_celeba(root / "celeba", n_identities=2, images_per_identity=2, image_size=32, seed=0)
     fake_imagenet_val(root / "imagenet" / "val")
     (root / "bdd" / "images" / "100k" / "val").mkdir(parents=True)
     for k in range(3):
         Image.new("RGB", (16, 8)).save(root / "bdd" / "images" / "100k" / "val" / f"b{k}.jpg")
     fake_bdd_oia(root / "bdd_oia")
+    fake_chexpert(root / "CheXpert-v1.0-small")
     return {"celeba": root / "celeba", "bdd100k": root / "bdd", "bdd_oia": root / "bdd_oia",
-            "imagenet": root / "imagenet" / "val"}
+            "imagenet": root / "imagenet" / "val", "chexpert": root / "CheXpert-v1.0-small"}
 
 
-@pytest.mark.parametrize("table", ["table1", "table2", "table3", "table4", "table5", "table7"])
+@pytest.mark.parametrize("table", ["table1", "table2", "table3", "table4", "table5", "table7", "table8"])
 def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     wf = _copy_workflow(tmp_path)
     roots = _fake_roots(tmp_path / "data")
@@ -248,14 +251,50 @@ def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     # ResNet-50, cin256-v2, miniSD, SimSiam, Inception); table4 = LDCE-cls and -txt on all ImageNet classes x 5
     # metrics (ResNet-50, cin256-v2, miniSD, SimSiam, Inception), reading LDCE's per-image targets; table5 = ACE on
     # BDD-OIA x 4 metrics (table2's networks); table7 = GCD on CelebA 128 x 8 metrics (GCD's CelebA DiffAE, DiME's
-    # classifier and oracle, LPIPS's VGG-16, VGGFace2, Inception), one direction search per task
+    # classifier and oracle, LPIPS's VGG-16, VGGFace2, Inception), one direction search per task; table8 = GCD on
+    # six CheXpert findings x 3 metrics (GCD's CheXpert DiffAE and DenseNet-264, LPIPS's VGG-16, Inception)
     sizes = {"table1": (6, 4, 32), "table2": (3, 1, 4), "table3": (6, 9, 45), "table4": (5, 2, 10),
-             "table5": (3, 1, 4), "table7": (6, 2, 16)}[table]
+             "table5": (3, 1, 4), "table7": (6, 2, 16), "table8": (4, 6, 18)}[table]
     assert (len(needs["checkpoints"]), needs["merge_chunks"], needs["metric"]) == sizes
     assert counts.get("gcd_direction", 0) == (len(needs["experiments"]) if "gcd" in needs["methods"] else 0)
     ldce_data = ["resources/data/ldce/image_idx_to_tgt.yaml", "resources/data/ldce/synset_closest_idx.yaml",
                  "resources/data/ldce/imagenet_classnames.py"]  # per-image targets (table4), LDCE-txt's class names
     assert outputs.get("fetch_ldce_targets", []) == (ldce_data if table in ("table3", "table4") else [])
+
+
+def test_chexpert_experiments_follow_gcd_configs():
+    """table8's tasks are GCD's six CheXpert configs (gcd/configs/.../chexpert/dense_net/<finding>/config.yaml,
+    ldce_gcd_svce.md §2.3): the query label is the output of GCD's DenseNetCheXpert, read by its own loader; GCD runs
+    its CheXpert configuration on its one-channel chexpert224_autoenc DiffAE."""
+    from cfx.data.layouts import GCD_CHEXPERT_OUTPUTS
+
+    suite = load_suite(PAPER)
+    queries = {"atelectasis": 0, "lung_lesion": 6, "lung_opacity": 7, "pleural_effusion": 9, "pneumonia": 11,
+               "support_devices": 13}
+    table = suite["tables"]["table8"]
+    assert table["methods"] == ["gcd"] and table["metrics"] == ["fid", "sfid", "flip_rate"]
+    assert not table.get("published")
+    assert table["tasks"] == {task: f"chexpert_{task}" for task in queries}
+    for task, query in queries.items():
+        experiment = suite["experiments"][f"chexpert_{task}"]
+        assert (experiment["dataset"], experiment["split"], experiment["image_size"]) == ("chexpert", "val", 224)
+        assert experiment["query_label"] == query
+        assert GCD_CHEXPERT_OUTPUTS[query].lower().replace(" ", "_") == task
+        assert experiment["classifier"] == "gcd_chexpert_classifier" and experiment["methods"] == ["gcd"]
+        gcd = method_settings(suite, "gcd", f"chexpert_{task}")
+        assert gcd["diffae"] == "gcd_chexpert_diffae"
+        assert {k: gcd["config"][k] for k in ("n_iters", "n_steps_dae", "dae_batch_size", "min_max_step_size",
+                                              "n_hessian_eigenvecs", "T_encode", "T_render")} == {
+            "n_iters": 84, "n_steps_dae": 8, "dae_batch_size": 128, "min_max_step_size": [1e-4, 4.0],
+            "n_hessian_eigenvecs": 6, "T_encode": 250, "T_render": 100}
+    assert suite["datasets"]["chexpert"]["layout"] == "chexpert"
+    assert suite["models"]["gcd_chexpert_diffae"]["template"] == "chexpert224_autoenc"
+    clf = suite["models"]["gcd_chexpert_classifier"]
+    assert clf["kind"] == suite["checkpoints"]["gcd_chexpert_classifier"]["loader"] == "gcd_chexpert_classifier"
+    assert network_checkpoint(suite, "gcd_chexpert_classifier") == "resources/checkpoints/gcd_chexpert_classifier.ckpt"
+    # the other datasets keep their GCD configurations
+    assert method_settings(suite, "gcd", "celeba_smile")["config"]["n_hessian_eigenvecs"] == 30
+    assert method_settings(suite, "gcd", "celebahq_smile")["config"]["n_iters"] == 52
 
 
 def test_table6_dry_run_plans_the_whole_table(tmp_path):

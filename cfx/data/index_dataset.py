@@ -11,11 +11,17 @@
   indexes (0 forward, 1 stop, 2 left, 3 right), as upstream's ``target[query]``;
 * ``imagenet_val``: the class index (sorted wnids, ``ImageFolder``) as label; each method resizes as its upstream
   loader (``resize``, :data:`cfx.data.layouts.RESIZES`): ACE's ``ImageFolder`` Resize(256) + CenterCrop(256)
-  (the default), LDCE's ``Resize((256, 256))`` (``stretch``), SVCE's bicubic 224×224 (``stretch_bicubic``).
+  (the default), LDCE's ``Resize((256, 256))`` (``stretch``), SVCE's bicubic 224×224 (``stretch_bicubic``);
+* ``chexpert``: single-channel images (PIL ``L``, tensors 1×s×s), as GCD's CheXpert DiffAE (``in_channels 1``) and
+  classifier (``assert x.shape[1] == 1``) take them (reference/ldce_gcd_svce.md §2.2, §2.7). GCD reads PNGs already
+  at 224 px and resizes nothing; the official images are larger and not square, so they get Resize(s) + CenterCrop(s)
+  (``center_crop``, cfx's choice; a method's ``image_resize`` may say ``stretch``). Label: the finding the query
+  label names among GCD's classifier outputs (:func:`cfx.data.layouts.chexpert_finding`), 1 if positive, else 0
+  (:func:`cfx.data.layouts.chexpert_positive`).
 
-Images come from the index's absolute ``path`` and are normalised to [−1,1] (``Normalize(0.5, 0.5)``, as DiME; ACE
-reads [0,1] and normalises inside its networks) unless ``normalize=False``. CheXpert raises
-:class:`NotImplementedError` (:data:`cfx.data.layouts.NO_TRANSFORM_YET` says why)."""
+Images come from the index's absolute ``path`` and are normalised to [−1,1] (``Normalize(0.5, 0.5)``, as DiME and
+GCD; ACE reads [0,1] and normalises inside its networks) unless ``normalize=False``. A layout in
+:data:`cfx.data.layouts.NO_TRANSFORM_YET` raises :class:`NotImplementedError` saying why."""
 
 from __future__ import annotations
 
@@ -24,12 +30,24 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
 from cfx.data.celeba import CELEBA_ATTRIBUTES, SPLITS, load_rgb
-from cfx.data.layouts import ACTION_LAYOUTS, ATTRIBUTE_LAYOUTS, BDD_OIA_ACTIONS, image_shape, resize_mode
+from cfx.data.layouts import (
+    ACTION_LAYOUTS,
+    ATTRIBUTE_LAYOUTS,
+    BDD_OIA_ACTIONS,
+    FINDING_LAYOUTS,
+    GCD_CHEXPERT_OUTPUTS,
+    GRAYSCALE_LAYOUTS,
+    chexpert_finding,
+    chexpert_positive,
+    image_shape,
+    resize_mode,
+)
 
 
 def layout_transform(layout: str, image_size: int | Sequence[int], normalize: bool = True,
@@ -46,8 +64,24 @@ def layout_transform(layout: str, image_size: int | Sequence[int], normalize: bo
                                    interpolation=InterpolationMode.BICUBIC if bicubic else InterpolationMode.BILINEAR)]
     steps.append(transforms.ToTensor())
     if normalize:
-        steps.append(transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]))
+        channels = 1 if layout in GRAYSCALE_LAYOUTS else 3
+        steps.append(transforms.Normalize([0.5] * channels, [0.5] * channels))
     return transforms.Compose(steps)
+
+
+def load_layout_image(path: Path, layout: str) -> Image.Image:
+    """The PIL image a layout's transform takes: grayscale (``L``) for :data:`cfx.data.layouts.GRAYSCALE_LAYOUTS`
+    (CheXpert), RGB otherwise; a missing or corrupt file is an error naming it."""
+    if layout not in GRAYSCALE_LAYOUTS:
+        return load_rgb(path)
+    try:
+        with Image.open(path) as image:
+            return image.convert("L")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"image {path} does not exist") from err
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"image {path} is corrupt or unreadable ({err}); replace it from the original "
+                         f"dataset") from err
 
 
 class IndexDataset(Dataset):
@@ -58,7 +92,9 @@ class IndexDataset(Dataset):
     the query label picks the classifier's output, not the label: STEEX's output 0 = move forward,
     :func:`cfx.models.steex.steex_output_index`); BDD-OIA, action ``query_label`` of the index's action columns
     (:data:`cfx.data.layouts.BDD_OIA_ACTIONS`) as 0/1 (long), or the four actions as a float vector without a query
-    (ACE's ``BDDOIADataset``: ``target[0:4]``, then ``target[query]``). ``resize``: the method's resize
+    (ACE's ``BDDOIADataset``: ``target[0:4]``, then ``target[query]``); CheXpert, finding ``query_label`` of GCD's
+    classifier outputs (:data:`cfx.data.layouts.GCD_CHEXPERT_OUTPUTS`) as 0/1 (long), or all 14 findings in that
+    order as a float 0/1 vector without a query. ``resize``: the method's resize
     (:data:`cfx.data.layouts.RESIZES`), else the layout's. ``origin`` names where the rows came from in the error for
     unknown ``image_ids`` (default: the index, with its path when read from one)."""
 
@@ -81,6 +117,9 @@ class IndexDataset(Dataset):
             if query_label is not None and not 0 <= int(query_label) < len(BDD_OIA_ACTIONS):
                 raise ValueError(f"query label {query_label} is not a BDD-OIA action: it indexes "
                                  f"{', '.join(f'{i} {a}' for i, a in enumerate(BDD_OIA_ACTIONS))}")
+        elif layout in FINDING_LAYOUTS:
+            labels = set(GCD_CHEXPERT_OUTPUTS)
+            self.finding = None if query_label is None else chexpert_finding(query_label)
         else:
             labels = {"label"}
         needed = {"image_id", "path", "partition"} | labels
@@ -104,8 +143,13 @@ class IndexDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         row = self.frame.iloc[i]
-        image = self.transform(load_rgb(Path(row["path"])))
-        if self.layout in ACTION_LAYOUTS:
+        image = self.transform(load_layout_image(Path(row["path"]), self.layout))
+        if self.layout in FINDING_LAYOUTS:
+            if self.finding is None:
+                label = torch.tensor([chexpert_positive(row[f]) for f in GCD_CHEXPERT_OUTPUTS], dtype=torch.float32)
+            else:
+                label = torch.tensor(chexpert_positive(row[self.finding]), dtype=torch.long)
+        elif self.layout in ACTION_LAYOUTS:
             if self.query_label is None:
                 label = torch.tensor(row[list(BDD_OIA_ACTIONS)].to_numpy(dtype="int64"), dtype=torch.float32)
             else:

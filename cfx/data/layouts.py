@@ -36,6 +36,12 @@ CHEXPERT_LABELS = [
     "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
     "Support Devices",
 ]
+# The 14 outputs of GCD's CheXpert classifier, in its order (sobieskibj/gcd gcd/src/classifiers/dense_net_chexpert.py
+# ``id_to_cls``: alphabetical, unlike valid.csv's columns above); a CheXpert experiment's query_label indexes them
+GCD_CHEXPERT_OUTPUTS = (
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion",
+    "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices",
+)
 WNID = re.compile(r"^n\d{8}$")
 VAL_NAME = re.compile(r"^ILSVRC2012_val_(\d{8})\.JPEG$")
 BDD_OIA_URL = ("https://github.com/Twizwei/bddoia_project (BDD-OIA, the lastframe release: data/ and "
@@ -215,7 +221,8 @@ def read_bdd_oia(root: Path, key: str = "bdd_oia") -> pd.DataFrame:
 def read_chexpert(root: Path, key: str = "chexpert") -> pd.DataFrame:
     """CheXpert's official validation split: ``valid.csv`` (Path relative to the root's parent, e.g.
     ``CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg``) and its 14 labels (1, 0, −1 uncertain,
-    blank = not mentioned, kept as NaN)."""
+    blank = not mentioned, kept as NaN; an experiment reads the one its query names as 0/1, :func:`chexpert_positive`).
+    Every view is indexed, frontal and lateral, in ``valid.csv``'s order."""
     root = Path(root)
     csv = root / "valid.csv"
     if not csv.is_file():
@@ -277,34 +284,37 @@ DOWNLOAD_HINTS = {
 
 
 # layouts whose images generation reads (cfx.data.index_dataset.IndexDataset). Attribute layouts label an image by
-# a CelebA attribute (the experiment's query); action layouts (BDD-OIA) by the action the query indexes; the others by
-# the index's label column (ImageNet: the class index).
+# a CelebA attribute (the experiment's query); action layouts (BDD-OIA) by the action the query indexes; finding
+# layouts (CheXpert) by the finding the query names among GCD's classifier outputs (GCD_CHEXPERT_OUTPUTS); the others
+# by the index's label column (ImageNet: the class index).
 ATTRIBUTE_LAYOUTS = ("celeba", "celebahq")
 ACTION_LAYOUTS = ("bdd_oia",)
-SQUARE_LAYOUTS = (*ATTRIBUTE_LAYOUTS, "imagenet_val")
+FINDING_LAYOUTS = ("chexpert",)
+# single-channel images (read as PIL "L", 1×H×W tensors): CheXpert, for GCD's in_channels-1 DiffAE and its classifier
+GRAYSCALE_LAYOUTS = ("chexpert",)
+SQUARE_LAYOUTS = (*ATTRIBUTE_LAYOUTS, "imagenet_val", *FINDING_LAYOUTS)
 # BDD images: ACE's --image_size s is (H, W) = (s, 2s) (BDD10KCE, BDDOIADataset)
 WIDE_LAYOUTS = ("bdd100k", *ACTION_LAYOUTS)
 IMAGE_LAYOUTS = (*SQUARE_LAYOUTS, *WIDE_LAYOUTS)
 # How an image is brought to the networks' size, as each upstream loader does it:
 #   center_crop      Resize(s) (short side, bilinear) + CenterCrop(s): DiME CelebADataset, ACE CelebAHQDataset, ACE's
-#                    ImageNet ImageFolder (reference/dime_ace.md §3.3)
+#                    ImageNet ImageFolder (reference/dime_ace.md §3.3); CheXpert: cfx's choice (GCD reads PNGs
+#                    already at 224 px and resizes nothing; how it made them is not in its repository)
 #   stretch          Resize((H, W)), bilinear, aspect distorted: LDCE's ImageNet (reference/ldce_gcd_svce.md §1.8)
 #   stretch_bicubic  Resize((H, W)), bicubic: ACE's BDD10KCE and BDDOIADataset (dime_ace.md §3.3), SVCE's ImageNet
 #                    (ldce_gcd_svce.md §3.3)
 RESIZES = ("center_crop", "stretch", "stretch_bicubic")
 DEFAULT_RESIZE = {"celeba": "center_crop", "celebahq": "center_crop", "imagenet_val": "center_crop",
-                  "bdd100k": "stretch_bicubic", "bdd_oia": "stretch_bicubic"}
-NO_TRANSFORM_YET = {
-    "chexpert": "GCD reads CheXpert as grayscale images already at the classifier's 224 px and does no resizing "
-                "(reference/ldce_gcd_svce.md §2.7); its DiffAE is single-channel: no transform here yet",
-}
+                  "bdd100k": "stretch_bicubic", "bdd_oia": "stretch_bicubic", "chexpert": "center_crop"}
+# layouts that are indexed but whose images generation cannot read yet (layout -> why); none at present
+NO_TRANSFORM_YET: dict[str, str] = {}
 
 
 def image_shape(layout: str, image_size: int | Sequence[int]) -> tuple[int, int]:
-    """(H, W) of the images generation feeds the networks for an experiment's ``image_size``. CelebA, CelebA-HQ and
-    ImageNet are square (``s`` or ``[s, s]``). BDD100k and BDD-OIA are ACE's ``BDD10KCE`` / ``BDDOIADataset`` resize
-    (``guided_diffusion/image_datasets.py``): an int ``s`` is its ``--image_size s`` = (s, 2s), e.g. 256 -> 256x512;
-    ``[H, W]`` is taken as given."""
+    """(H, W) of the images generation feeds the networks for an experiment's ``image_size``. CelebA, CelebA-HQ,
+    ImageNet and CheXpert are square (``s`` or ``[s, s]``). BDD100k and BDD-OIA are ACE's ``BDD10KCE`` /
+    ``BDDOIADataset`` resize (``guided_diffusion/image_datasets.py``): an int ``s`` is its ``--image_size s`` =
+    (s, 2s), e.g. 256 -> 256x512; ``[H, W]`` is taken as given."""
     if isinstance(image_size, bool) or not isinstance(image_size, int | Sequence) or isinstance(image_size, str):
         raise ValueError(f"image_size must be an integer or [height, width], got {image_size!r}")
     sizes = [image_size] if isinstance(image_size, int) else list(image_size)
@@ -329,6 +339,34 @@ def resize_mode(layout: str, resize: str | None = None) -> str:
     if mode not in RESIZES:
         raise ValueError(f"image_resize '{mode}' (layout {layout}) is not one of {', '.join(RESIZES)}")
     return mode
+
+
+def chexpert_finding(query_label: int) -> str:
+    """The CheXpert finding (a ``valid.csv`` column) that output ``query_label`` of GCD's classifier answers
+    (:data:`GCD_CHEXPERT_OUTPUTS`, e.g. 0 Atelectasis, 9 Pleural Effusion, 13 Support Devices)."""
+    if isinstance(query_label, bool) or not isinstance(query_label, int) or not 0 <= query_label < len(
+            GCD_CHEXPERT_OUTPUTS):
+        raise ValueError(f"query label {query_label!r} is not an output of GCD's CheXpert classifier: it indexes "
+                         f"{', '.join(f'{i} {name}' for i, name in enumerate(GCD_CHEXPERT_OUTPUTS))}")
+    return GCD_CHEXPERT_OUTPUTS[query_label]
+
+
+def chexpert_positive(value: object) -> int:
+    """A CheXpert label as the binary label of an experiment: 1 (positive) -> 1; 0 (negative), −1 (uncertain) and
+    blank (not mentioned) -> 0. GCD's code has no labels to follow (its datasets return none, its ``labels.csv`` is
+    unused): uncertain as negative is CheXpert's "U-Zeros" policy, blank as negative its usual reading. The official
+    valid split, which the paper suite reads, holds only 0 and 1 (radiologist consensus)."""
+    if value is None:  # blank
+        return 0
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"CheXpert label {value!r} is not a number (1, 0, -1 or blank)") from err
+    if number != number:  # NaN: blank
+        return 0
+    if number not in (1.0, 0.0, -1.0):
+        raise ValueError(f"CheXpert label {value!r} is not 1, 0, -1 or blank")
+    return int(number == 1.0)
 
 
 def download_hint(layout: str) -> str:

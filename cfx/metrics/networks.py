@@ -157,7 +157,9 @@ def load_simsiam_projector(ref: NetworkRef, device: str = "cpu") -> Batch:
 def load_classifier_logits(ref: NetworkRef, query_label: int | None, device: str = "cpu") -> Batch:
     """[−1,1] images → the experiment classifier's logits (binary: the query attribute's logit, shape N); a
     ``robust_classifier`` (SVCE's) is stored in the same format; ``steex_classifier``: STEEX's decision classifier,
-    the query label mapped to its output (CelebA-HQ 20/31/39 → 0/1/2); the ImageNet kinds
+    the query label mapped to its output (CelebA-HQ 20/31/39 → 0/1/2); ``gcd_chexpert_classifier``: GCD's CheXpert
+    DenseNet-264, the query label = its output (the tree's grayscale images arrive as RGB with equal channels, which
+    it takes as upstream's one channel repeated); the ImageNet kinds
     (``torchvision_resnet50``, ``madry_ft``): all 1000 logits of the whole image (N, 1000), as ACE's
     ``compute_COUT.py`` feeds its ResNet-50 (``query_label`` unused)."""
     from cfx.models.classifier import QUERY_CLASSIFIER_KINDS, load_query_classifier

@@ -103,7 +103,7 @@ def load_celeba_classifier(path: str | Path, **arch) -> DenseNetClassifier:
 
 
 CELEBA_FORMAT_KINDS = ("classifier", "robust_classifier")  # DiME's {'feat_extract', 'classifier'} file
-QUERY_CLASSIFIER_KINDS = (*CELEBA_FORMAT_KINDS, "steex_classifier")
+QUERY_CLASSIFIER_KINDS = (*CELEBA_FORMAT_KINDS, "steex_classifier", "gcd_chexpert_classifier")
 
 
 def load_query_classifier(spec: dict, path: str | Path, query_label: int) -> QueryClassifier:
@@ -114,7 +114,10 @@ def load_query_classifier(spec: dict, path: str | Path, query_label: int) -> Que
       attributes (mini: trained here); the query label is the output index;
     * ``steex_classifier``: STEEX's decision ``checkpoint.tar`` (:func:`cfx.models.steex.load_steex_classifier`);
       the query label is mapped to its output (CelebA-HQ: 20/31/39 → 0/1/2,
-      :func:`cfx.models.steex.steex_output_index`).
+      :func:`cfx.models.steex.steex_output_index`);
+    * ``gcd_chexpert_classifier``: GCD's CheXpert DenseNet-264 (MONAI), ``{'state_dict'}``
+      (:func:`cfx.models.chexpert.load_gcd_chexpert_classifier`; ``arch`` shrinks it for tests): 14 findings, the
+      query label is the output index (GCD's order, :data:`cfx.data.layouts.GCD_CHEXPERT_OUTPUTS`); grayscale inputs.
 
     ``.query_label`` of the result is the output index (what GCD's proxy and ``get_other_attrs`` index)."""
     kind = str(spec.get("kind") or "classifier")
@@ -125,6 +128,12 @@ def load_query_classifier(spec: dict, path: str | Path, query_label: int) -> Que
 
         model = load_steex_classifier(path)
         return QueryClassifier(model, steex_output_index(query_label, model.classifier.out_features, path))
+    if kind == "gcd_chexpert_classifier":
+        from cfx.models.chexpert import gcd_chexpert_output, load_gcd_chexpert_classifier
+
+        model = load_gcd_chexpert_classifier(path, **spec.get("arch", {}))
+        outputs = model.classifier.class_layers.out.out_features
+        return QueryClassifier(model, gcd_chexpert_output(query_label, outputs, path))
     raise ValueError(f"classifier {path}: kind '{kind}' is not a classifier cfx can load (kinds: "
                      f"{', '.join(QUERY_CLASSIFIER_KINDS)})")
 
