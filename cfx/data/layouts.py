@@ -8,6 +8,10 @@ reference/ldce_gcd_svce.md §1.8), indexed in the standard 50 000-image order (b
 BDD-OIA follows ACE's ``BDDOIADataset`` (taken from STEEX's ``data/bdd_dataset.py``; reference/dime_ace.md §3.3): the
 val split of the ``lastframe`` release, ``val_25k_images_actions.json`` + ``val_25k_images_reasons.json`` and the
 images ``data/<file_name>``, one column per action (forward, stop, left, right).
+Oxford-IIIT Pets is torchvision's ``OxfordIIITPet`` folder (LDCE's ``data/datasets.py:OxfordIIIPets`` reads it with
+``split="test"``, reference/ldce_gcd_svce.md §1.8): ``oxford-iiit-pet/annotations/test.txt`` (``<image_id> <class id
+1..37> <species 1..2> <breed id>``), images ``oxford-iiit-pet/images/<image_id>.jpg``; indexed in ``test.txt``'s order
+(torchvision's), label = class id − 1.
 """
 
 from __future__ import annotations
@@ -51,7 +55,11 @@ BDD_OIA_IMAGES, BDD_OIA_ACTIONS_JSON, BDD_OIA_REASONS_JSON = (
 # the first four BDD-OIA action labels, the outputs of STEEX's BDD decision classifier (reference/dime_ace.md §2.6);
 # an experiment's query_label indexes them
 BDD_OIA_ACTIONS = ("forward", "stop", "left", "right")
-LAYOUTS = ("celeba", "celebahq", "imagenet_val", "bdd100k", "bdd_oia", "chexpert")
+PETS_URL = ("torchvision.datasets.OxfordIIITPet(root, split='test', download=True), or images.tar.gz and "
+            "annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/ unpacked into oxford-iiit-pet/")
+PETS_FOLDER, PETS_TEST = "oxford-iiit-pet", "annotations/test.txt"
+PETS_CLASSES = 37
+LAYOUTS = ("celeba", "celebahq", "imagenet_val", "bdd100k", "bdd_oia", "chexpert", "oxford_pets")
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +252,55 @@ def read_chexpert(root: Path, key: str = "chexpert") -> pd.DataFrame:
     return pd.concat([frame, table[CHEXPERT_LABELS].reset_index(drop=True)], axis=1)
 
 
+def pets_folder(root: Path) -> Path:
+    """The ``oxford-iiit-pet`` folder of a torchvision root (``root/oxford-iiit-pet``), or ``root`` itself when it is
+    that folder (it holds ``annotations/test.txt``)."""
+    root = Path(root)
+    return root if (root / PETS_TEST).is_file() else root / PETS_FOLDER
+
+
+def read_oxford_pets(root: Path, key: str = "oxford_pets") -> pd.DataFrame:
+    """Oxford-IIIT Pets' test split as torchvision's ``OxfordIIITPet(split="test")`` reads it: the lines of
+    ``annotations/test.txt`` in file order (the order LDCE's per-image targets index), label = class id − 1 (0..36,
+    sorted breed names: 0 Abyssinian ... 36 yorkshire_terrier), ``species`` = 0 cat / 1 dog, ``breed`` the class
+    name of the image id (``Abyssinian_201`` -> ``Abyssinian``); image_id is the file name ``<id>.jpg``, partition 2."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetLayoutError(f"Oxford-IIIT Pets root {root} does not exist: download it ({PETS_URL}) and set "
+                                 f"data_roots: {{{key}: /path/to/it}} in config.yaml (the folder that holds "
+                                 f"{PETS_FOLDER}/, as torchvision's root)")
+    folder = pets_folder(root)
+    listing, images = folder / PETS_TEST, folder / "images"
+    for path, what in ((listing, "annotations (annotations.tar.gz)"), (images, "images (images.tar.gz)")):
+        if not path.exists():
+            raise DatasetLayoutError(f"{path} is missing: download Oxford-IIIT Pets' {what}: {PETS_URL} (the folder "
+                                     f"is data_roots: {{{key}: {root}}} in config.yaml, holding {PETS_FOLDER}/)")
+    rows, absent = [], []
+    for number, line in enumerate(listing.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 4 or not all(f.isdigit() for f in fields[1:]):
+            raise DatasetLayoutError(f"{listing}:{number}: expected '<image_id> <class id> <species> <breed id>', "
+                                     f"got {line!r}: use the official annotations")
+        image_id, class_id, species = fields[0], int(fields[1]), int(fields[2])
+        if not 1 <= class_id <= PETS_CLASSES or species not in (1, 2):
+            raise DatasetLayoutError(f"{listing}:{number}: class id {class_id} (1..{PETS_CLASSES}) or species "
+                                     f"{species} (1 cat, 2 dog) out of range")
+        path = images / f"{image_id}.jpg"
+        if not path.is_file():
+            absent.append(str(path))
+        rows.append((f"{image_id}.jpg", str(path.resolve()), class_id - 1, species - 1, image_id.rsplit("_", 1)[0]))
+    if absent:
+        raise DatasetLayoutError(f"{len(absent)} images listed in {listing} are missing, e.g. {absent[:3]}: download "
+                                 f"{PETS_URL}")
+    if not rows:
+        raise DatasetLayoutError(f"{listing} lists no image: use the official annotations ({PETS_URL})")
+    frame = pd.DataFrame(rows, columns=["image_id", "path", "label", "species", "breed"])
+    frame.insert(2, "partition", 2)
+    return frame
+
+
 def build_layout_index(layout: str, root: Path, out_csv: Path, key: str = "") -> pd.DataFrame:
     """Validate ``root`` in ``layout`` (one of LAYOUTS) and write ``index.csv`` (absolute image paths)."""
     if layout == "celeba":
@@ -265,6 +322,8 @@ def build_layout_index(layout: str, root: Path, out_csv: Path, key: str = "") ->
         frame = read_bdd100k(root, key or "bdd100k")
     elif layout == "bdd_oia":
         frame = read_bdd_oia(root, key or "bdd_oia")
+    elif layout == "oxford_pets":
+        frame = read_oxford_pets(root, key or "oxford_pets")
     else:
         raise ValueError(f"unknown dataset layout '{layout}'; known: {', '.join(LAYOUTS)}")
     _atomic_csv(frame, Path(out_csv))
@@ -280,6 +339,7 @@ DOWNLOAD_HINTS = {
     "bdd100k": BDD_URL,
     "bdd_oia": BDD_OIA_URL,
     "chexpert": CHEXPERT_URL,
+    "oxford_pets": f"Oxford-IIIT Pets ({PETS_FOLDER}/annotations/test.txt, {PETS_FOLDER}/images/): {PETS_URL}",
 }
 
 
@@ -292,7 +352,7 @@ ACTION_LAYOUTS = ("bdd_oia",)
 FINDING_LAYOUTS = ("chexpert",)
 # single-channel images (read as PIL "L", 1×H×W tensors): CheXpert, for GCD's in_channels-1 DiffAE and its classifier
 GRAYSCALE_LAYOUTS = ("chexpert",)
-SQUARE_LAYOUTS = (*ATTRIBUTE_LAYOUTS, "imagenet_val", *FINDING_LAYOUTS)
+SQUARE_LAYOUTS = (*ATTRIBUTE_LAYOUTS, "imagenet_val", *FINDING_LAYOUTS, "oxford_pets")
 # BDD images: ACE's --image_size s is (H, W) = (s, 2s) (BDD10KCE, BDDOIADataset)
 WIDE_LAYOUTS = ("bdd100k", *ACTION_LAYOUTS)
 IMAGE_LAYOUTS = (*SQUARE_LAYOUTS, *WIDE_LAYOUTS)
@@ -301,11 +361,13 @@ IMAGE_LAYOUTS = (*SQUARE_LAYOUTS, *WIDE_LAYOUTS)
 #                    ImageNet ImageFolder (reference/dime_ace.md §3.3); CheXpert: cfx's choice (GCD reads PNGs
 #                    already at 224 px and resizes nothing; how it made them is not in its repository)
 #   stretch          Resize((H, W)), bilinear, aspect distorted: LDCE's ImageNet (reference/ldce_gcd_svce.md §1.8)
+#                    and Oxford-IIIT Pets (scripts/ldce.py:get_dataset: Resize((256, 256)), the CenterCrop commented out)
 #   stretch_bicubic  Resize((H, W)), bicubic: ACE's BDD10KCE and BDDOIADataset (dime_ace.md §3.3), SVCE's ImageNet
 #                    (ldce_gcd_svce.md §3.3)
 RESIZES = ("center_crop", "stretch", "stretch_bicubic")
 DEFAULT_RESIZE = {"celeba": "center_crop", "celebahq": "center_crop", "imagenet_val": "center_crop",
-                  "bdd100k": "stretch_bicubic", "bdd_oia": "stretch_bicubic", "chexpert": "center_crop"}
+                  "bdd100k": "stretch_bicubic", "bdd_oia": "stretch_bicubic", "chexpert": "center_crop",
+                  "oxford_pets": "stretch"}
 # layouts that are indexed but whose images generation cannot read yet (layout -> why); none at present
 NO_TRANSFORM_YET: dict[str, str] = {}
 

@@ -12,6 +12,13 @@
   ``samples[k::50]``, so each block of 1000 holds one image per class and the unique id u of an image is
   ``k·1000 + class`` (:func:`ldce_unique_id`); ``start_sample``/``end_sample`` count in thousands of those ids.
 
+* Oxford-IIIT Pets (``scripts/ldce.py``, §1.5): ``data/pets_closest_indices.json`` maps each test image, by its
+  position in torchvision's ``OxfordIIITPet(split="test")`` order, to 5 classes (those whose test images are nearest
+  in SimSiam feature similarity, shuffled with ``random.seed(0)``; ``utils/ssl_similarity.py``); the target is the
+  first (``closest_indices[idx * num_shards + shard][0]``, i.e. the image's global test position, so neither the
+  sharding nor ``shuffle: True`` changes it: :func:`pets_target`). ``data/pets_idx_to_label.json`` names the 37
+  classes ("0": "abyssinian" ...) for the zero-shot classifier's and LDCE-txt's prompts (:func:`read_pets_class_names`).
+
 The two YAML files and ``imagenet_classnames.py`` (the class names of LDCE-txt's prompts, read without executing
 it: :func:`read_openai_class_names`) are a versioned resource (:data:`LDCE_TARGET_FILES`: URL at lmb-freiburg/ldce
 commit 6519597 and sha256), downloaded by :func:`fetch_ldce_target_files` and checked by
@@ -21,6 +28,7 @@ commit 6519597 and sha256), downloaded by :func:`fetch_ldce_target_files` and ch
 from __future__ import annotations
 
 import ast
+import json
 import random
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -40,10 +48,22 @@ LDCE_TARGET_FILES: dict[str, tuple[str, str]] = {
     "imagenet_classnames.py": (f"{_BASE}/imagenet_classnames.py",
                                "171be9b14f917d34e45bcab2dfb469c178badefc2a0e5a960f95778d8ba303dc"),
 }
+# Oxford-IIIT Pets: per-image targets and class names (same commit; rule fetch_ldce_pets)
+LDCE_PETS_FILES: dict[str, tuple[str, str]] = {
+    "pets_closest_indices.json": (f"{_BASE}/pets_closest_indices.json",
+                                  "8455ef4a12fd06780af63a2d9e79d9d9147e78be9c534fd76760155ee62902b6"),
+    "pets_idx_to_label.json": (f"{_BASE}/pets_idx_to_label.json",
+                               "8275e738a63283fc0f536f1cb5bc6b0847ebf3fa603b2909c04a7928eaf1e1a9"),
+}
 LDCE_DATA_VERSION = "ldce@6519597 data/"
 # where the workflow keeps them (rule fetch_ldce_targets), relative to the workflow's directory
 LDCE_TARGETS_FILE = "resources/data/ldce/image_idx_to_tgt.yaml"
 LDCE_CLASS_NAMES_FILE = "resources/data/ldce/imagenet_classnames.py"
+LDCE_PETS_TARGETS_FILE = "resources/data/ldce/pets_closest_indices.json"
+LDCE_PETS_LABELS_FILE = "resources/data/ldce/pets_idx_to_label.json"
+# an experiment's image_targets -> the upstream file its per-image targets are read from (a generation input)
+IMAGE_TARGET_FILES = {"ldce": LDCE_TARGETS_FILE, "ldce_pets": LDCE_PETS_TARGETS_FILE}
+PETS_CLASSES = 37
 IMAGENET_CLASSES = 1000
 IMAGENET_VAL_PER_CLASS = 50
 # config name -> (class a, class b); each is the other's target
@@ -64,6 +84,78 @@ def fetch_ldce_target_files(folder: str | Path, timeout: float = 60.0) -> Path:
     """Download the missing target files into ``folder`` (atomic, sha256-checked, retried) and verify both."""
     fetch_pinned_files(folder, LDCE_TARGET_FILES, timeout=timeout)
     return verify_ldce_target_files(folder)
+
+
+def verify_ldce_pets_files(folder: str | Path) -> Path:
+    """Check that ``folder`` holds LDCE's two Pets files with their pinned sha256."""
+    return verify_pinned_files(folder, LDCE_PETS_FILES, what="LDCE Pets file", version=LDCE_DATA_VERSION,
+                               fetch_hint=f"cfx.data.ldce_targets.fetch_ldce_pets_files('{folder}')")
+
+
+def fetch_ldce_pets_files(folder: str | Path, timeout: float = 60.0) -> Path:
+    """Download LDCE's missing Pets files into ``folder`` (atomic, sha256-checked, retried) and verify both."""
+    fetch_pinned_files(folder, LDCE_PETS_FILES, timeout=timeout)
+    return verify_ldce_pets_files(folder)
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{what} {path} does not exist (rule fetch_ldce_pets downloads it)") from err
+    except ValueError as err:
+        raise ValueError(f"{what} {path} is not valid JSON ({err}); re-download it") from err
+
+
+def _positions(data: object, path: Path, what: str) -> list:
+    """A JSON object keyed "0".."n-1" as a list in key order (upstream converts the keys with ``int``)."""
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a non-empty object {what}")
+    try:
+        by_int = {int(k): v for k, v in data.items()}
+    except ValueError as err:
+        raise ValueError(f"{path}: keys must be integers 0..{len(data) - 1} ({err})") from err
+    missing = [i for i in range(len(by_int)) if i not in by_int]
+    if missing:
+        raise ValueError(f"{path}: keys must be 0..{len(data) - 1}; {missing[:3]} are missing")
+    return [by_int[i] for i in range(len(by_int))]
+
+
+def read_pets_class_names(path: str | Path) -> list[str]:
+    """``pets_idx_to_label.json``: the 37 Oxford-IIIT Pets class names by class index ("0": "abyssinian", ...,
+    "36": "yorkshire terrier"), the names of LDCE's Pets prompts ("a photo of a {name}, a type of pet.")."""
+    path = Path(path)
+    names = _positions(_read_json(path, "LDCE Pets class-name file"), path, "class index -> name")
+    if len(names) != PETS_CLASSES or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{path}: expected {PETS_CLASSES} class names, got {len(names)} entries")
+    return names
+
+
+def read_pets_closest(path: str | Path, classes: int = PETS_CLASSES) -> list[list[int]]:
+    """``pets_closest_indices.json``: per test image (its position in torchvision's test order) the list of classes
+    LDCE may target (5 in the shipped file, SimSiam-nearest first after a seeded shuffle); errors name the entry."""
+    path = Path(path)
+    entries = _positions(_read_json(path, "LDCE Pets target file"), path, "image position -> classes")
+    for i, entry in enumerate(entries):
+        if (not isinstance(entry, list) or not entry or not all(
+                isinstance(c, int) and not isinstance(c, bool) and 0 <= c < classes for c in entry)):
+            raise ValueError(f"{path}: image {i} has {entry!r}, not a list of class indices 0..{classes - 1}")
+    return entries
+
+
+def pets_target(position: int, closest: Sequence[Sequence[int]]) -> int:
+    """LDCE's target of the Pets test image at ``position`` (torchvision's test order): ``closest[position][0]``
+    (``scripts/ldce.py``: ``closest_indices[unique_data_idx * num_shards + shard][0]``, the global position)."""
+    if not 0 <= position < len(closest):
+        raise IndexError(f"Pets test image {position} is outside the target list (0..{len(closest) - 1}): the list "
+                         f"indexes all {len(closest)} test images in torchvision's order")
+    return int(closest[position][0])
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """The class names of an LDCE prompt file: ``imagenet_classnames.py`` (``openai_imagenet_classes``, 1000) or
+    ``pets_idx_to_label.json`` (37), told apart by the suffix."""
+    return read_pets_class_names(path) if Path(path).suffix == ".json" else read_openai_class_names(path)
 
 
 def _read_yaml(path: Path, what: str):

@@ -161,13 +161,20 @@ def load_classifier_logits(ref: NetworkRef, query_label: int | None, device: str
     DenseNet-264, the query label = its output (the tree's grayscale images arrive as RGB with equal channels, which
     it takes as upstream's one channel repeated); the ImageNet kinds
     (``torchvision_resnet50``, ``madry_ft``): all 1000 logits of the whole image (N, 1000), as ACE's
-    ``compute_COUT.py`` feeds its ResNet-50 (``query_label`` unused)."""
-    from cfx.models.classifier import QUERY_CLASSIFIER_KINDS, load_query_classifier
+    ``compute_COUT.py`` feeds its ResNet-50 (``query_label`` unused); ``openclip_zero_shot``: LDCE's zero-shot
+    OpenCLIP Pets classifier, one logit per class (N, 37), on the 224 centre crop its vision tower takes, as LDCE's
+    ``classifier_wrapper`` feeds it."""
+    from cfx.models.classifier import QUERY_CLASSIFIER_KINDS, ZERO_SHOT_KINDS, load_query_classifier
     from cfx.models.imagenet_classifier import MULTICLASS_KINDS, load_imagenet_classifier
 
     if ref.kind in MULTICLASS_KINDS:
         network = load_imagenet_classifier(ref.kind, _checkpoint(ref)).to(device).eval().requires_grad_(False)
         return lambda x: network(x.to(device))
+    if ref.kind in ZERO_SHOT_KINDS:
+        from cfx.models.openclip_classifier import load_classifier_from_spec
+
+        clip = load_classifier_from_spec(ref.spec, _checkpoint(ref)).to(device).eval().requires_grad_(False)
+        return lambda x: clip(x.to(device))
     if ref.kind in QUERY_CLASSIFIER_KINDS:
         if query_label is None:
             raise ValueError(f"network '{ref.name}' answers a binary query, but the experiment has no query_label")

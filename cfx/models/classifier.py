@@ -138,19 +138,28 @@ def load_query_classifier(spec: dict, path: str | Path, query_label: int) -> Que
                      f"{', '.join(QUERY_CLASSIFIER_KINDS)})")
 
 
+ZERO_SHOT_KINDS = ("openclip_zero_shot",)  # LDCE's Pets classifier (cfx.models.openclip_classifier)
+
+
 def load_experiment_classifier(spec: dict, path: str | Path, experiment: dict,
                                center_crop: int | None = None) -> nn.Module:
     """The classifier an experiment explains, on [−1,1] images: an ImageNet classifier (suite kinds
     ``torchvision_resnet50``, ``madry_ft``; 1000 logits; experiments with ``class_targets`` or ``image_targets``;
-    ``center_crop``: LDCE's 224 crop, :mod:`cfx.models.imagenet_classifier`) or a binary query classifier
-    (:func:`load_query_classifier`, experiments with ``query_label``)."""
+    ``center_crop``: LDCE's 224 crop, :mod:`cfx.models.imagenet_classifier`), LDCE's zero-shot OpenCLIP Pets
+    classifier (kind ``openclip_zero_shot``, one logit per class of its ``class_names`` file,
+    :mod:`cfx.models.openclip_classifier`) or a binary query classifier (:func:`load_query_classifier`, experiments
+    with ``query_label``)."""
     from cfx.models.imagenet_classifier import MULTICLASS_KINDS, load_imagenet_classifier
 
     kind = str(spec.get("kind") or "classifier")
-    if kind in MULTICLASS_KINDS:
+    if kind in MULTICLASS_KINDS or kind in ZERO_SHOT_KINDS:
         if not (experiment.get("class_targets") or experiment.get("image_targets")):
-            raise ValueError(f"classifier {path} (kind {kind}) has 1000 classes: its experiment needs class_targets "
+            raise ValueError(f"classifier {path} (kind {kind}) is multi-class: its experiment needs class_targets "
                              f"(source class -> target class) or image_targets, not a binary query_label")
+        if kind in ZERO_SHOT_KINDS:
+            from cfx.models.openclip_classifier import load_classifier_from_spec
+
+            return load_classifier_from_spec(spec, path, center_crop)
         return load_imagenet_classifier(kind, path, center_crop)
     if experiment.get("query_label") is None:
         raise ValueError(f"classifier {path} (kind {kind}) answers a binary query: its experiment needs query_label")
