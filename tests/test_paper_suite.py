@@ -1,9 +1,9 @@
 """The paper suite's table catalog as dry-runs: table1 (ACE/DiME Table 1, CelebA 128), table2 (ACE, BDD100k), table3
 and table4 (ImageNet), table5 (ACE, BDD-OIA), table6 (LDCE Table 6, CelebA-HQ smile and age; DiME, ACE, LDCE,
-GCD), table7 (GCD, CelebA 128) and table8 (GCD, CheXpert 224). With fake data roots in the upstream layouts the
-whole DAG of a table is planned from the suite file (index, checkpoint downloads, one generation job per experiment,
-method and chunk, ACE's post-processing, merges, metrics, the table) and no published network is trained; without
-data_roots the run stops saying what to download."""
+GCD), table7 (GCD, CelebA 128), table8 (GCD, CheXpert 224) and table9 (LDCE-txt, Oxford-IIIT Pets). With fake data
+roots in the upstream layouts the whole DAG of a table is planned from the suite file (index, checkpoint downloads,
+one generation job per experiment, method and chunk, ACE's post-processing, merges, metrics, the table) and no
+published network is trained; without data_roots the run stops saying what to download."""
 
 import os
 import re
@@ -22,6 +22,7 @@ from cfx.suite import load_suite, method_network, method_settings, metric_networ
 from tests.test_bdd_oia import fake_bdd_oia
 from tests.test_chexpert_gcd import fake_chexpert
 from tests.test_layouts import fake_celebahq, fake_imagenet_val
+from tests.test_pets import fake_pets
 from tests.test_workflow import _copy_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,11 +227,14 @@ def _fake_roots(root: Path) -> dict[str, Path]:
         Image.new("RGB", (16, 8)).save(root / "bdd" / "images" / "100k" / "val" / f"b{k}.jpg")
     fake_bdd_oia(root / "bdd_oia")
     fake_chexpert(root / "CheXpert-v1.0-small")
+    fake_pets(root / "pets")
     return {"celeba": root / "celeba", "bdd100k": root / "bdd", "bdd_oia": root / "bdd_oia",
-            "imagenet": root / "imagenet" / "val", "chexpert": root / "CheXpert-v1.0-small"}
+            "imagenet": root / "imagenet" / "val", "chexpert": root / "CheXpert-v1.0-small",
+            "oxford_pets": root / "pets"}
 
 
-@pytest.mark.parametrize("table", ["table1", "table2", "table3", "table4", "table5", "table7", "table8"])
+@pytest.mark.parametrize("table", ["table1", "table2", "table3", "table4", "table5", "table7", "table8",
+                                   "table9"])
 def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     wf = _copy_workflow(tmp_path)
     roots = _fake_roots(tmp_path / "data")
@@ -252,14 +256,18 @@ def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     # metrics (ResNet-50, cin256-v2, miniSD, SimSiam, Inception), reading LDCE's per-image targets; table5 = ACE on
     # BDD-OIA x 4 metrics (table2's networks); table7 = GCD on CelebA 128 x 8 metrics (GCD's CelebA DiffAE, DiME's
     # classifier and oracle, LPIPS's VGG-16, VGGFace2, Inception), one direction search per task; table8 = GCD on
-    # six CheXpert findings x 3 metrics (GCD's CheXpert DiffAE and DenseNet-264, LPIPS's VGG-16, Inception)
+    # six CheXpert findings x 3 metrics (GCD's CheXpert DiffAE and DenseNet-264, LPIPS's VGG-16, Inception); table9 =
+    # LDCE-txt on Oxford-IIIT Pets x 5 metrics (the zero-shot OpenCLIP ViT-B-32, miniSD, SimSiam, Inception)
     sizes = {"table1": (6, 4, 32), "table2": (3, 1, 4), "table3": (6, 9, 45), "table4": (5, 2, 10),
-             "table5": (3, 1, 4), "table7": (6, 2, 16), "table8": (4, 6, 18)}[table]
+             "table5": (3, 1, 4), "table7": (6, 2, 16), "table8": (4, 6, 18), "table9": (4, 1, 5)}[table]
     assert (len(needs["checkpoints"]), needs["merge_chunks"], needs["metric"]) == sizes
     assert counts.get("gcd_direction", 0) == (len(needs["experiments"]) if "gcd" in needs["methods"] else 0)
     ldce_data = ["resources/data/ldce/image_idx_to_tgt.yaml", "resources/data/ldce/synset_closest_idx.yaml",
                  "resources/data/ldce/imagenet_classnames.py"]  # per-image targets (table4), LDCE-txt's class names
     assert outputs.get("fetch_ldce_targets", []) == (ldce_data if table in ("table3", "table4") else [])
+    # table9: LDCE's Pets targets and class names (generation reads both, COUT the class names)
+    pets_data = ["resources/data/ldce/pets_closest_indices.json", "resources/data/ldce/pets_idx_to_label.json"]
+    assert outputs.get("fetch_ldce_pets", []) == (pets_data if table == "table9" else [])
 
 
 def test_chexpert_experiments_follow_gcd_configs():
@@ -295,6 +303,36 @@ def test_chexpert_experiments_follow_gcd_configs():
     # the other datasets keep their GCD configurations
     assert method_settings(suite, "gcd", "celeba_smile")["config"]["n_hessian_eigenvecs"] == 30
     assert method_settings(suite, "gcd", "celebahq_smile")["config"]["n_iters"] == 52
+
+
+def test_pets_experiment_follows_v1_pets():
+    """table9: LDCE-txt with configs/ldce/v1_pets.yaml and the README's Pets overrides (ldce_gcd_svce.md §1.6), each
+    test image towards its LDCE Pets target (§1.5), explaining the zero-shot OpenCLIP ViT-B-32 (§1.4)."""
+    suite = load_suite(PAPER)
+    table = suite["tables"]["table9"]
+    assert table["methods"] == ["ldce_txt"] and table["tasks"] == {"pets": "pets"} and not table.get("published")
+    assert table["metrics"] == ["fid", "sfid", "s3", "cout", "flip_rate"]
+    experiment = suite["experiments"]["pets"]
+    assert (experiment["dataset"], experiment["split"], experiment["image_size"], experiment["image_targets"]) == (
+        "oxford_pets", "test", 256, "ldce_pets")
+    assert suite["datasets"]["oxford_pets"]["layout"] == "oxford_pets"
+    txt = method_settings(suite, "ldce_txt", "pets")
+    assert (txt["ldm"], txt["class_prompt"], txt["batch_size"]) == ("minisd", "a photo of a {}, a type of pet.", 1)
+    assert txt["class_names"] == "resources/data/ldce/pets_idx_to_label.json"
+    assert "image_resize" not in txt and "classifier_center_crop" not in txt  # the layout's stretch; CLIP crops
+    assert {k: txt["config"][k] for k in ("strength", "classifier_lambda", "dist_lambda", "deg_cone_projection",
+                                          "scale", "ddim_steps", "guidance", "cone_projection_type")} == {
+        "strength": 0.382, "classifier_lambda": 4.2, "dist_lambda": 2.4, "deg_cone_projection": 45.0, "scale": 3.0,
+        "ddim_steps": 500, "guidance": "projected", "cone_projection_type": "zero_binning"}
+    assert method_settings(suite, "ldce_txt", "imagenet_zebra_sorrel")["config"]["deg_cone_projection"] == 50.0
+    clf = suite["models"][experiment["classifier"]]
+    assert clf["kind"] == suite["checkpoints"]["openclip_vit_b32_laion2b"]["loader"] == "openclip_zero_shot"
+    assert (clf["prompt"], clf["class_names"]) == ("a photo of a {}, a type of pet.", txt["class_names"])
+    assert network_checkpoint(suite, "openclip_vit_b32_laion2b") == "resources/checkpoints/openclip_vit_b32_laion2b.bin"
+    assert suite["checkpoints"]["openclip_vit_b32_laion2b"]["url"] == (
+        "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/resolve/main/open_clip_pytorch_model.bin")
+    cout = metric_networks(suite, "cout", "pets", "ldce_txt")["classifier"]
+    assert cout["name"] == "openclip_vit_b32_laion2b" and cout["spec"]["kind"] == "openclip_zero_shot"
 
 
 def test_table6_dry_run_plans_the_whole_table(tmp_path):

@@ -361,7 +361,8 @@ IMAGE_LAYOUTS = (*SQUARE_LAYOUTS, *WIDE_LAYOUTS)
 #                    ImageNet ImageFolder (reference/dime_ace.md §3.3); CheXpert: cfx's choice (GCD reads PNGs
 #                    already at 224 px and resizes nothing; how it made them is not in its repository)
 #   stretch          Resize((H, W)), bilinear, aspect distorted: LDCE's ImageNet (reference/ldce_gcd_svce.md §1.8)
-#                    and Oxford-IIIT Pets (scripts/ldce.py:get_dataset: Resize((256, 256)), the CenterCrop commented out)
+#                    and Oxford-IIIT Pets (scripts/ldce.py:get_dataset: Resize((256, 256)), its CenterCrop commented
+#                    out)
 #   stretch_bicubic  Resize((H, W)), bicubic: ACE's BDD10KCE and BDDOIADataset (dime_ace.md §3.3), SVCE's ImageNet
 #                    (ldce_gcd_svce.md §3.3)
 RESIZES = ("center_crop", "stretch", "stretch_bicubic")

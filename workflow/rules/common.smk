@@ -5,7 +5,13 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from cfx.data.layouts import download_hint
-from cfx.data.ldce_targets import LDCE_CLASS_NAMES_FILE, LDCE_TARGETS_FILE
+from cfx.data.ldce_targets import (
+    IMAGE_TARGET_FILES,
+    LDCE_CLASS_NAMES_FILE,
+    LDCE_PETS_LABELS_FILE,
+    LDCE_PETS_TARGETS_FILE,
+    LDCE_TARGETS_FILE,
+)
 from cfx.data.minival import SUBSETS
 from cfx.metrics import METRICS
 from cfx.methods import implementation, own_model_key, uses_ddpm
@@ -172,6 +178,9 @@ def generate_inputs(wildcards):
         "index": f"results/data/{spec['dataset']}/index.csv",
         "classifier": network_checkpoint(classifier),
     }
+    names_file = section_entry(SUITE, "models", classifier).get("class_names")
+    if names_file:  # a zero-shot classifier's class names (LDCE's Pets prompts, rule fetch_ldce_pets)
+        inputs["classifier_class_names"] = names_file
     if ddpm:
         inputs["ddpm"] = network_checkpoint(ddpm)
     method = getattr(wildcards, "method", None)
@@ -184,10 +193,10 @@ def generate_inputs(wildcards):
         inputs[own_model_key(method)] = network_checkpoint(method_model(method, wildcards.experiment))
     if method and implementation(method) == "gcd":
         inputs["direction"] = f"results/gcd/{wildcards.experiment}/direction.pt"
-    if spec.get("image_targets") == "ldce":  # LDCE's per-image ImageNet targets (rule fetch_ldce_targets)
-        inputs["targets"] = LDCE_TARGETS_FILE
-    if settings.get("class_prompt"):  # LDCE-txt's ImageNet prompts name the classes (rule fetch_ldce_targets)
-        inputs["class_names"] = LDCE_CLASS_NAMES_FILE
+    if spec.get("image_targets"):  # LDCE's per-image targets (rules fetch_ldce_targets, fetch_ldce_pets)
+        inputs["targets"] = IMAGE_TARGET_FILES[spec["image_targets"]]
+    if settings.get("class_prompt"):  # LDCE-txt's prompts name the classes (ImageNet's file by default, or Pets')
+        inputs["class_names"] = settings.get("class_names") or LDCE_CLASS_NAMES_FILE
     if spec.get("subset"):  # an upstream image list (DiME's mini-val, rule fetch_dime_minival)
         inputs["subset"] = SUBSETS[spec["subset"]]
     return with_stamps(inputs)
@@ -313,6 +322,8 @@ def metric_inputs(wildcards):
     for role, network in networks.items():
         if network["checkpoint"]:
             inputs[f"network_{role}"] = network["checkpoint"]
+        if network["spec"].get("class_names"):  # a zero-shot classifier reads its class names (COUT on Pets)
+            inputs[f"network_{role}_class_names"] = network["spec"]["class_names"]
     if wildcards.metric == "cd":
         inputs["index"] = f"results/data/{experiment_spec(wildcards)['dataset']}/index.csv"
     if wildcards.metric == "sigma_l":

@@ -8,6 +8,7 @@ localrules:
     verify_checkpoint,
     all_checkpoints,
     fetch_ldce_targets,
+    fetch_ldce_pets,
     fetch_dime_minival,
 
 
@@ -74,6 +75,22 @@ rule fetch_ldce_targets:
         ENV
     script:
         "../scripts/fetch_ldce_targets.py"
+
+
+# LDCE's Oxford-IIIT Pets files (upstream data/ at the same pinned commit, sha256-checked, atomic; cfx.data.ldce_targets):
+# the per-image targets read by experiments with image_targets: ldce_pets, the class names of the zero-shot classifier's
+# and LDCE-txt's prompts
+rule fetch_ldce_pets:
+    output:
+        targets=LDCE_PETS_TARGETS_FILE,
+        labels=LDCE_PETS_LABELS_FILE,
+    retries: 1
+    log:
+        "logs/download/ldce_pets.log",
+    conda:
+        ENV
+    script:
+        "../scripts/fetch_ldce_pets.py"
 
 
 # DiME's / ACE's CelebA mini-val list (upstream utils/minival.csv at a pinned commit, sha256-checked, atomic;
