@@ -193,6 +193,10 @@ def test_vit_b32_published_layout_loads_strictly_and_gives_100_cos(tmp_path):
     expected = _hand_logits(reference, images, [f"a photo of a {n}, a type of pet." for n in PET_NAMES], 224)
     assert logits.shape == (2, 37)
     assert torch.allclose(logits, expected, atol=1e-3)
+    # open_clip's own loader reshapes a one-element logit_scale; so does this one (nothing else is converted)
+    torch.save({"state_dict": {**state, "logit_scale": state["logit_scale"].reshape(1)}}, tmp_path / "wrapped.bin")
+    with torch.no_grad():
+        assert torch.allclose(load_zero_shot_classifier(tmp_path / "wrapped.bin", PET_NAMES)(images), logits)
     # a renamed key and a missing one are errors naming the file
     del state["logit_scale"]
     state["visual.proj_renamed"] = state.pop("visual.proj")

@@ -90,7 +90,8 @@ def zero_shot_text_features(model: nn.Module, prompts: Sequence[str]) -> torch.T
 
 def read_openclip_state(path: str | Path) -> dict:
     """The state dict of an OpenCLIP weights file, read weights-only (a ``{'state_dict': ...}`` wrapper and a
-    ``module.`` prefix are removed, as open_clip's own ``load_state_dict`` does)."""
+    ``module.`` prefix are removed, as open_clip's own ``load_state_dict`` does; :func:`load_openclip` also takes a
+    one-element ``logit_scale`` of another shape, as its ``load_checkpoint``; nothing else is converted)."""
     state = load_checkpoint(path, "OpenCLIP weights")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -102,7 +103,11 @@ def read_openclip_state(path: str | Path) -> dict:
 def load_openclip(path: str | Path, arch: dict[str, Any] | None = None) -> nn.Module:
     """``ViT-B-32`` (or ``arch``) with the weights of ``path`` loaded strictly (eval mode, no gradients needed)."""
     model = build_openclip(arch)
-    load_state_dict_strict(model, read_openclip_state(path), path,
+    state = read_openclip_state(path)
+    scale = state.get("logit_scale") if isinstance(state, dict) else None
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1 and scale.shape != model.logit_scale.shape:
+        state["logit_scale"] = scale.reshape(model.logit_scale.shape)  # as open_clip's load_checkpoint does
+    load_state_dict_strict(model, state, path,
                            hint="expected open_clip's ViT-B-32 layout (laion/CLIP-ViT-B-32-laion2B-s34B-b79K "
                                 "open_clip_pytorch_model.bin: visual.*, transformer.*, token_embedding.weight, "
                                 "positional_embedding, ln_final.*, text_projection, logit_scale)")
