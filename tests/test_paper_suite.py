@@ -317,7 +317,7 @@ def test_pets_experiment_follows_v1_pets():
         "oxford_pets", "test", 256, "ldce_pets")
     assert suite["datasets"]["oxford_pets"]["layout"] == "oxford_pets"
     txt = method_settings(suite, "ldce_txt", "pets")
-    assert (txt["ldm"], txt["class_prompt"], txt["batch_size"]) == ("minisd", "a photo of a {}, a type of pet.", 1)
+    assert (txt["ldm"], txt["class_prompt"], txt["batch_size"]) == ("minisd", "a photo of a {}, a type of pet.", 4)
     assert txt["class_names"] == "resources/data/ldce/pets_idx_to_label.json"
     assert "image_resize" not in txt and "classifier_center_crop" not in txt  # the layout's stretch; CLIP crops
     assert {k: txt["config"][k] for k in ("strength", "classifier_lambda", "dist_lambda", "deg_cone_projection",
