@@ -24,6 +24,7 @@ from tqdm import tqdm
 from cfx.data.index_dataset import IndexDataset
 from cfx.data.ldce_targets import (
     IMAGE_TARGET_FILES,
+    IMAGE_TARGET_RULES,
     LDCE_CLASS_NAMES_FILE,
     image_target,
     imagefolder_positions,
@@ -139,8 +140,8 @@ def experiment_targets(index: pd.DataFrame, experiment: dict[str, Any], image_id
     if kind not in IMAGE_TARGET_FILES:
         raise ValueError(f"unknown image_targets '{kind}'; known: {', '.join(IMAGE_TARGET_FILES)}")
     if targets_file is None or not Path(targets_file).is_file():
-        raise FileNotFoundError(f"image_targets: {kind} needs LDCE's {Path(IMAGE_TARGET_FILES[kind]).name} (the "
-                                f"workflow writes {IMAGE_TARGET_FILES[kind]}); got {targets_file}")
+        raise FileNotFoundError(f"image_targets: {kind} needs LDCE's {Path(IMAGE_TARGET_FILES[kind]).name} (rule "
+                                f"{IMAGE_TARGET_RULES[kind]} writes {IMAGE_TARGET_FILES[kind]}); got {targets_file}")
     rows = split_rows(index, experiment)
     if kind == "ldce_pets":
         closest = read_pets_closest(targets_file)

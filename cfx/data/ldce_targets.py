@@ -63,6 +63,7 @@ LDCE_PETS_TARGETS_FILE = "resources/data/ldce/pets_closest_indices.json"
 LDCE_PETS_LABELS_FILE = "resources/data/ldce/pets_idx_to_label.json"
 # an experiment's image_targets -> the upstream file its per-image targets are read from (a generation input)
 IMAGE_TARGET_FILES = {"ldce": LDCE_TARGETS_FILE, "ldce_pets": LDCE_PETS_TARGETS_FILE}
+IMAGE_TARGET_RULES = {"ldce": "fetch_ldce_targets", "ldce_pets": "fetch_ldce_pets"}  # the rules that write them
 PETS_CLASSES = 37
 IMAGENET_CLASSES = 1000
 IMAGENET_VAL_PER_CLASS = 50
