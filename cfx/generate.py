@@ -25,6 +25,8 @@ from cfx.data.index_dataset import IndexDataset
 from cfx.data.ldce_targets import (
     IMAGE_TARGET_FILES,
     IMAGE_TARGET_RULES,
+    IMAGENET_CLASSES,
+    IMAGENET_VAL_PER_CLASS,
     LDCE_CLASS_NAMES_FILE,
     image_target,
     imagefolder_positions,
@@ -46,8 +48,6 @@ from cfx.suite import class_targets
 log = logging.getLogger(__name__)
 
 SPLIT_PARTITION = {"train": 0, "val": 1, "test": 2}
-NUM_IMAGENET_CLASSES = 1000
-IMAGENET_VAL_PER_CLASS = 50
 
 
 def experiment_images(index: pd.DataFrame, experiment: dict[str, Any], subset_file: Path | None = None) -> list[str]:
@@ -106,10 +106,10 @@ def imagefolder_position(rows: pd.DataFrame) -> pd.Series:
     """Each image's position in ``ImageFolder`` order over the full ImageNet val set (image_id → position), the
     index of LDCE's ``image_idx_to_tgt.yaml``. Needs all 50 000 images, 50 in each of the 1000 class folders."""
     counts = rows.groupby("wnid").size() if "wnid" in rows.columns else pd.Series(dtype=int)
-    if len(counts) != NUM_IMAGENET_CLASSES or (counts != IMAGENET_VAL_PER_CLASS).any():
-        total = NUM_IMAGENET_CLASSES * IMAGENET_VAL_PER_CLASS
+    if len(counts) != IMAGENET_CLASSES or (counts != IMAGENET_VAL_PER_CLASS).any():
+        total = IMAGENET_CLASSES * IMAGENET_VAL_PER_CLASS
         raise ValueError(f"LDCE's per-image targets and order index the {total} ImageNet val images "
-                         f"({IMAGENET_VAL_PER_CLASS} in each of {NUM_IMAGENET_CLASSES} class folders), but the "
+                         f"({IMAGENET_VAL_PER_CLASS} in each of {IMAGENET_CLASSES} class folders), but the "
                          f"index has {len(rows)} images in {len(counts)} class folders: point data_roots at the "
                          f"full ImageNet val and rebuild the index")
     positions = imagefolder_positions([f"{w}/{i}" for w, i in zip(rows["wnid"], rows["image_id"], strict=True)])
@@ -161,7 +161,7 @@ def experiment_targets(index: pd.DataFrame, experiment: dict[str, Any], image_id
 def class_rows(rows: pd.DataFrame, targets: dict[int, int]) -> pd.DataFrame:
     """The rows of the source classes of ``targets``, by class then index order. Class indices count the sorted wnid
     folders, so they are ImageNet's only when every one of the 1000 class folders is there."""
-    if "wnid" in rows.columns and rows["wnid"].nunique() != NUM_IMAGENET_CLASSES:
+    if "wnid" in rows.columns and rows["wnid"].nunique() != IMAGENET_CLASSES:
         raise ValueError(f"class_targets {targets} name ImageNet classes by their index among the 1000 sorted wnid "
                          f"folders, but the index has {rows['wnid'].nunique()} class folders: point data_roots at the "
                          f"full ImageNet val (all 1000 <wnid>/ folders) and rebuild the index")

@@ -125,9 +125,14 @@ def build_index(root: Path, out_csv: Path) -> pd.DataFrame:
 
 def load_rgb(path: Path) -> Image.Image:
     """Open an image as RGB, with an error that names a corrupt or missing file."""
+    return load_pil(path, "RGB")
+
+
+def load_pil(path: Path, mode: str) -> Image.Image:
+    """Open an image converted to PIL ``mode`` ("RGB", "L"), with an error that names a corrupt or missing file."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return image.convert(mode)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"image {path} does not exist") from err
     except (UnidentifiedImageError, OSError) as err:

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from cfx.data.celeba import CELEBA_ATTRIBUTES, SPLITS, load_rgb
+from cfx.data.celeba import CELEBA_ATTRIBUTES, SPLITS, load_pil
 from cfx.data.layouts import (
     ACTION_LAYOUTS,
     ATTRIBUTE_LAYOUTS,
@@ -74,16 +74,7 @@ def layout_transform(layout: str, image_size: int | Sequence[int], normalize: bo
 def load_layout_image(path: Path, layout: str) -> Image.Image:
     """The PIL image a layout's transform takes: grayscale (``L``) for :data:`cfx.data.layouts.GRAYSCALE_LAYOUTS`
     (CheXpert), RGB otherwise; a missing or corrupt file is an error naming it."""
-    if layout not in GRAYSCALE_LAYOUTS:
-        return load_rgb(path)
-    try:
-        with Image.open(path) as image:
-            return image.convert("L")
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"image {path} does not exist") from err
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"image {path} is corrupt or unreadable ({err}); replace it from the original "
-                         f"dataset") from err
+    return load_pil(path, "L" if layout in GRAYSCALE_LAYOUTS else "RGB")
 
 
 class IndexDataset(Dataset):

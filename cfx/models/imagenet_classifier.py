@@ -22,7 +22,6 @@ from cfx.models.robust_resnet import Normalized, load_madry_ft_resnet50
 from cfx.runtime.checkpoints import load_checkpoint, load_state_dict_strict
 
 MULTICLASS_KINDS = ("torchvision_resnet50", "madry_ft")
-NUM_CLASSES = 1000
 
 
 class ImageNetClassifier(nn.Module):
