@@ -23,15 +23,16 @@ from tqdm import tqdm
 
 from cfx.data.index_dataset import IndexDataset
 from cfx.data.ldce_targets import (
+    CLOSEST_LIST_TARGETS,
     IMAGE_TARGET_FILES,
     IMAGE_TARGET_RULES,
     IMAGENET_CLASSES,
     IMAGENET_VAL_PER_CLASS,
     LDCE_CLASS_NAMES_FILE,
+    closest_target,
     image_target,
     imagefolder_positions,
     ldce_unique_id,
-    pets_target,
     read_class_names,
     read_image_targets,
     read_pets_closest,
@@ -55,11 +56,11 @@ def experiment_images(index: pd.DataFrame, experiment: dict[str, Any], subset_fi
     ``batch_size·num_batches`` cap, applied before chunking). An experiment with ``class_targets`` (ImageNet pairs)
     takes the images of its source classes in ``ImageFolder`` order (by class, then by file name), as ACE's
     ``--label_query`` filter and LDCE's ``ImageNetSelect``. An experiment with ``image_targets: ldce`` (LDCE's Table 1)
-    takes the whole val set in LDCE's re-interleaved order (:func:`ldce_order`); one with ``image_targets: ldce_pets``
-    (LDCE's Pets table) the test split in index order (torchvision's ``test.txt`` order, which LDCE's target list
-    indexes; upstream's ``shuffle: True`` only changes the processing order). An experiment with a ``subset``
-    (``dime_minival``: DiME's ``utils/minival.csv``, read from ``subset_file``) takes the listed images in list order,
-    repeats included, as DiME's ``CelebAMiniVal``."""
+    takes the whole val set in LDCE's re-interleaved order (:func:`ldce_order`); one with ``image_targets:
+    ldce_pets`` or ``ldce_flowers`` (LDCE's Pets and Flowers tables) the test split in index order (torchvision's
+    order, which LDCE's target lists index; upstream's ``shuffle: True`` only changes the processing order). An
+    experiment with a ``subset`` (``dime_minival``: DiME's ``utils/minival.csv``, read from ``subset_file``) takes the
+    listed images in list order, repeats included, as DiME's ``CelebAMiniVal``."""
     rows = split_rows(index, experiment)
     if experiment.get("subset"):
         return subset_images(rows, experiment, subset_file)
@@ -127,9 +128,9 @@ def experiment_targets(index: pd.DataFrame, experiment: dict[str, Any], image_id
                        targets_file: Path | None = None) -> dict[str, int] | None:
     """Each image's target class for multi-class experiments: its class's partner (``class_targets``), LDCE's
     per-image ImageNet target (``image_targets: ldce``: ``image_idx_to_tgt.yaml`` at the image's ImageFolder position,
-    reference/ldce_gcd_svce.md §1.5) or LDCE's Pets target (``image_targets: ldce_pets``: the first class of
-    ``pets_closest_indices.json`` at the image's test-split position); None for binary experiments (the method takes
-    1 − prediction)."""
+    reference/ldce_gcd_svce.md §1.5) or LDCE's Pets / Flowers target (``image_targets: ldce_pets`` /
+    ``ldce_flowers``: the first class of ``pets_closest_indices.json`` / ``flowers_closest_indices.json`` at the
+    image's test-split position); None for binary experiments (the method takes 1 − prediction)."""
     pairs = class_targets(experiment)
     if pairs is not None:
         labels = index.set_index("image_id").loc[image_ids, "label"]
@@ -143,14 +144,15 @@ def experiment_targets(index: pd.DataFrame, experiment: dict[str, Any], image_id
         raise FileNotFoundError(f"image_targets: {kind} needs LDCE's {Path(IMAGE_TARGET_FILES[kind]).name} (rule "
                                 f"{IMAGE_TARGET_RULES[kind]} writes {IMAGE_TARGET_FILES[kind]}); got {targets_file}")
     rows = split_rows(index, experiment)
-    if kind == "ldce_pets":
-        closest = read_pets_closest(targets_file)
+    if kind in CLOSEST_LIST_TARGETS:
+        dataset, classes, test_images = CLOSEST_LIST_TARGETS[kind]
+        closest = read_pets_closest(targets_file, classes)
         if len(closest) != len(rows):
             raise ValueError(f"{targets_file} lists targets for {len(closest)} test images, the index's "
                              f"{experiment['split']} split has {len(rows)}: LDCE's list indexes torchvision's "
-                             f"Oxford-IIIT Pets test split (3669 images); point data_roots at the full dataset")
+                             f"{dataset} test split ({test_images} images); point data_roots at the full dataset")
         position = {image_id: k for k, image_id in enumerate(rows["image_id"])}
-        return {image_id: pets_target(position[image_id], closest) for image_id in image_ids}
+        return {image_id: closest_target(position[image_id], closest) for image_id in image_ids}
     targets = read_image_targets(targets_file)
     positions = imagefolder_position(rows)
     if len(targets) != len(positions):
@@ -253,16 +255,17 @@ def ldce_conditioning(method_spec: dict[str, Any], query_label: int | None,
                       class_names_file: Path | None = None) -> list | None:
     """What LDCE's LDM is conditioned on per target (``cfx.methods.ldce.conditioning_inputs``): None (the target
     itself is the class label, cin256-v2 on ImageNet), one prompt per class (``class_prompt``, LDCE-txt: "a photo of
-    a {}." filled with LDCE's ``openai_imagenet_classes``, or "a photo of a {}, a type of pet." with its
-    ``pets_idx_to_label.json`` names; the file is ``class_names_file``, the method's ``class_names``) or the suite
-    entry's ``conditioning[query_label]`` — one class label or prompt per target (index 0: the attribute absent,
-    1: present)."""
+    a {}." filled with LDCE's ``openai_imagenet_classes``, or "a photo of a {}, a type of pet." / "a photo of a {},
+    a type of flower." with its ``pets_idx_to_label.json`` / ``flowers_idx_to_label.json`` names; the file is
+    ``class_names_file``, the method's ``class_names``) or the suite entry's ``conditioning[query_label]`` — one class
+    label or prompt per target (index 0: the attribute absent, 1: present)."""
     template = method_spec.get("class_prompt")
     if template:
         wanted = method_spec.get("class_names") or LDCE_CLASS_NAMES_FILE
         if class_names_file is None or not Path(class_names_file).is_file():
             raise FileNotFoundError(f"class_prompt {template!r} needs LDCE's class names {wanted} (rules "
-                                    f"fetch_ldce_targets, fetch_ldce_pets); got {class_names_file}")
+                                    f"fetch_ldce_targets, fetch_ldce_pets, fetch_ldce_flowers); got "
+                                    f"{class_names_file}")
         return [template.format(name) for name in read_class_names(class_names_file)]
     table = method_spec.get("conditioning")
     if table is None:

@@ -112,15 +112,15 @@ def test_pets_missing_image_or_bad_line_is_named(tmp_path):
 
 
 def test_pets_targets_are_the_first_closest_class_at_the_test_position(tmp_path):
-    from cfx.data.ldce_targets import LDCE_PETS_FILES, pets_target, read_class_names, read_pets_closest
+    from cfx.data.ldce_targets import LDCE_PETS_FILES, closest_target, read_class_names, read_pets_closest
     from cfx.generate import experiment_images, experiment_targets
 
     closest_file, labels_file = write_pets_resources(tmp_path / "res")
     assert read_class_names(labels_file) == PET_NAMES
     closest = read_pets_closest(closest_file)
-    assert [pets_target(k, closest) for k in range(len(CLOSEST))] == [c[0] for c in CLOSEST]
+    assert [closest_target(k, closest) for k in range(len(CLOSEST))] == [c[0] for c in CLOSEST]
     with pytest.raises(IndexError, match="outside the target list"):
-        pets_target(len(CLOSEST), closest)
+        closest_target(len(CLOSEST), closest)
     # the pinned upstream files (lmb-freiburg/ldce at 6519597) are named with their digests
     assert set(LDCE_PETS_FILES) == {"pets_closest_indices.json", "pets_idx_to_label.json"}
     assert all("65195978cf84ac56a492fa4f93bc14e42d304cb3/data/" in url and len(sha) == 64

@@ -14,6 +14,8 @@
   (the default), LDCE's ``Resize((256, 256))`` (``stretch``), SVCE's bicubic 224×224 (``stretch_bicubic``);
 * ``oxford_pets``: torchvision's ``OxfordIIITPet`` test split, the class index (0..36) as label, RGB (torchvision
   converts every image), LDCE's ``Resize((256, 256))`` without crop (``stretch``, ``scripts/ldce.py:get_dataset``);
+* ``flowers102``: torchvision's ``Flowers102`` splits, the class index (0..101) as label, RGB, LDCE's
+  ``Resize((256, 256))`` (``stretch``);
 * ``chexpert``: single-channel images (PIL ``L``, tensors 1×s×s), as GCD's CheXpert DiffAE (``in_channels 1``) and
   classifier (``assert x.shape[1] == 1``) take them (reference/ldce_gcd_svce.md §2.2, §2.7). GCD reads PNGs already
   at 224 px and resizes nothing; the official images are larger and not square, so they get Resize(s) + CenterCrop(s)

@@ -12,6 +12,11 @@ Oxford-IIIT Pets is torchvision's ``OxfordIIITPet`` folder (LDCE's ``data/datase
 ``split="test"``, reference/ldce_gcd_svce.md §1.8): ``oxford-iiit-pet/annotations/test.txt`` (``<image_id> <class id
 1..37> <species 1..2> <breed id>``), images ``oxford-iiit-pet/images/<image_id>.jpg``; indexed in ``test.txt``'s order
 (torchvision's), label = class id − 1.
+Oxford Flowers-102 is torchvision's ``Flowers102`` folder (LDCE's ``data/datasets.py:Flowers102``, ``split="test"``,
+reference/ldce_gcd_svce.md §1.8): ``flowers-102/imagelabels.mat`` (``labels``, 1..102 per image number),
+``flowers-102/setid.mat`` (``trnid``, ``valid``, ``tstid``: 1-based image numbers) and
+``flowers-102/jpg/image_<5 digits>.jpg``; indexed train, val, test (partitions 0, 1, 2), each in its ``setid.mat``
+order (torchvision's), label = class − 1 as torchvision's (LDCE subtracts 1 again: README "Deviations").
 """
 
 from __future__ import annotations
@@ -59,7 +64,13 @@ PETS_URL = ("torchvision.datasets.OxfordIIITPet(root, split='test', download=Tru
             "annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/ unpacked into oxford-iiit-pet/")
 PETS_FOLDER, PETS_TEST = "oxford-iiit-pet", "annotations/test.txt"
 PETS_CLASSES = 37
-LAYOUTS = ("celeba", "celebahq", "imagenet_val", "bdd100k", "bdd_oia", "chexpert", "oxford_pets")
+FLOWERS_URL = ("torchvision.datasets.Flowers102(root, split='test', download=True), or 102flowers.tgz, "
+               "imagelabels.mat and setid.mat from https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ into "
+               "flowers-102/ (102flowers.tgz unpacks to jpg/)")
+FLOWERS_FOLDER, FLOWERS_LABELS, FLOWERS_SETID = "flowers-102", "imagelabels.mat", "setid.mat"
+FLOWERS_CLASSES = 102
+FLOWERS_SPLITS = (("trnid", 0), ("valid", 1), ("tstid", 2))  # setid.mat key -> partition (torchvision's _splits_map)
+LAYOUTS = ("celeba", "celebahq", "imagenet_val", "bdd100k", "bdd_oia", "chexpert", "oxford_pets", "flowers102")
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +312,68 @@ def read_oxford_pets(root: Path, key: str = "oxford_pets") -> pd.DataFrame:
     return frame
 
 
+def flowers_folder(root: Path) -> Path:
+    """The ``flowers-102`` folder of a torchvision root (``root/flowers-102``), or ``root`` itself when it is that
+    folder (it holds ``setid.mat``)."""
+    root = Path(root)
+    return root if (root / FLOWERS_SETID).is_file() else root / FLOWERS_FOLDER
+
+
+def _mat_vector(path: Path, name: str, key: str) -> list[int]:
+    """The integer vector ``name`` of a MATLAB file (``scipy.io.loadmat``, as torchvision's ``Flowers102``)."""
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    try:
+        data = loadmat(path, squeeze_me=True)
+    except (MatReadError, ValueError, OSError, TypeError) as err:
+        raise DatasetLayoutError(f"{path} is not a readable MATLAB file ({err}): download it again "
+                                 f"({FLOWERS_URL}; data_roots: {{{key}: ...}})") from err
+    if name not in data:
+        raise DatasetLayoutError(f"{path} has no '{name}' (has {sorted(k for k in data if not k.startswith('__'))}): "
+                                 f"use the official file ({FLOWERS_URL})")
+    return [int(v) for v in pd.Series(data[name]).to_numpy().ravel()]
+
+
+def read_flowers102(root: Path, key: str = "flowers102") -> pd.DataFrame:
+    """Oxford Flowers-102 as torchvision's ``Flowers102`` reads it: every image of the train, val and test splits
+    (partitions 0, 1, 2), each split in ``setid.mat`` order (the test order LDCE's per-image targets index),
+    label = ``imagelabels.mat`` class − 1 (0..101); image_id ``image_<5 digits>.jpg``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetLayoutError(f"Flowers-102 root {root} does not exist: download it ({FLOWERS_URL}) and set "
+                                 f"data_roots: {{{key}: /path/to/it}} in config.yaml (the folder that holds "
+                                 f"{FLOWERS_FOLDER}/, as torchvision's root)")
+    folder = flowers_folder(root)
+    for name, what in ((FLOWERS_LABELS, "the labels"), (FLOWERS_SETID, "the split ids"), ("jpg", "the images")):
+        if not (folder / name).exists():
+            raise DatasetLayoutError(f"{folder / name} is missing: download Flowers-102's {what}: {FLOWERS_URL} "
+                                     f"(the folder is data_roots: {{{key}: {root}}} in config.yaml, holding "
+                                     f"{FLOWERS_FOLDER}/)")
+    labels = _mat_vector(folder / FLOWERS_LABELS, "labels", key)
+    bad = [v for v in labels if not 1 <= v <= FLOWERS_CLASSES]
+    if bad:
+        raise DatasetLayoutError(f"{folder / FLOWERS_LABELS}: labels must be 1..{FLOWERS_CLASSES}, found {bad[:3]}")
+    rows, absent = [], []
+    for name, partition in FLOWERS_SPLITS:
+        for number in _mat_vector(folder / FLOWERS_SETID, name, key):
+            if not 1 <= number <= len(labels):
+                raise DatasetLayoutError(f"{folder / FLOWERS_SETID}: {name} lists image {number}, but "
+                                         f"{FLOWERS_LABELS} labels {len(labels)} images")
+            image_id = f"image_{number:05d}.jpg"
+            path = folder / "jpg" / image_id
+            if not path.is_file():
+                absent.append(str(path))
+            rows.append((image_id, str(path.resolve()), partition, labels[number - 1] - 1))
+    if absent:
+        raise DatasetLayoutError(f"{len(absent)} images listed in {folder / FLOWERS_SETID} are missing, e.g. "
+                                 f"{absent[:3]}: download {FLOWERS_URL}")
+    frame = pd.DataFrame(rows, columns=["image_id", "path", "partition", "label"])
+    if frame["image_id"].duplicated().any():
+        raise DatasetLayoutError(f"{folder / FLOWERS_SETID} lists an image in two splits: use the official file")
+    return frame
+
+
 def build_layout_index(layout: str, root: Path, out_csv: Path, key: str = "") -> pd.DataFrame:
     """Validate ``root`` in ``layout`` (one of LAYOUTS) and write ``index.csv`` (absolute image paths)."""
     if layout == "celeba":
@@ -324,6 +397,8 @@ def build_layout_index(layout: str, root: Path, out_csv: Path, key: str = "") ->
         frame = read_bdd_oia(root, key or "bdd_oia")
     elif layout == "oxford_pets":
         frame = read_oxford_pets(root, key or "oxford_pets")
+    elif layout == "flowers102":
+        frame = read_flowers102(root, key or "flowers102")
     else:
         raise ValueError(f"unknown dataset layout '{layout}'; known: {', '.join(LAYOUTS)}")
     _atomic_csv(frame, Path(out_csv))
@@ -340,6 +415,8 @@ DOWNLOAD_HINTS = {
     "bdd_oia": BDD_OIA_URL,
     "chexpert": CHEXPERT_URL,
     "oxford_pets": f"Oxford-IIIT Pets ({PETS_FOLDER}/annotations/test.txt, {PETS_FOLDER}/images/): {PETS_URL}",
+    "flowers102": f"Oxford Flowers-102 ({FLOWERS_FOLDER}/{FLOWERS_LABELS}, {FLOWERS_FOLDER}/{FLOWERS_SETID}, "
+                  f"{FLOWERS_FOLDER}/jpg/): {FLOWERS_URL}",
 }
 
 
@@ -352,7 +429,7 @@ ACTION_LAYOUTS = ("bdd_oia",)
 FINDING_LAYOUTS = ("chexpert",)
 # single-channel images (read as PIL "L", 1×H×W tensors): CheXpert, for GCD's in_channels-1 DiffAE and its classifier
 GRAYSCALE_LAYOUTS = ("chexpert",)
-SQUARE_LAYOUTS = (*ATTRIBUTE_LAYOUTS, "imagenet_val", *FINDING_LAYOUTS, "oxford_pets")
+SQUARE_LAYOUTS = (*ATTRIBUTE_LAYOUTS, "imagenet_val", *FINDING_LAYOUTS, "oxford_pets", "flowers102")
 # BDD images: ACE's --image_size s is (H, W) = (s, 2s) (BDD10KCE, BDDOIADataset)
 WIDE_LAYOUTS = ("bdd100k", *ACTION_LAYOUTS)
 IMAGE_LAYOUTS = (*SQUARE_LAYOUTS, *WIDE_LAYOUTS)
@@ -362,13 +439,13 @@ IMAGE_LAYOUTS = (*SQUARE_LAYOUTS, *WIDE_LAYOUTS)
 #                    already at 224 px and resizes nothing; how it made them is not in its repository)
 #   stretch          Resize((H, W)), bilinear, aspect distorted: LDCE's ImageNet (reference/ldce_gcd_svce.md §1.8)
 #                    and Oxford-IIIT Pets (scripts/ldce.py:get_dataset: Resize((256, 256)), its CenterCrop commented
-#                    out)
+#                    out) and Flowers-102 (Resize((256, 256)))
 #   stretch_bicubic  Resize((H, W)), bicubic: ACE's BDD10KCE and BDDOIADataset (dime_ace.md §3.3), SVCE's ImageNet
 #                    (ldce_gcd_svce.md §3.3)
 RESIZES = ("center_crop", "stretch", "stretch_bicubic")
 DEFAULT_RESIZE = {"celeba": "center_crop", "celebahq": "center_crop", "imagenet_val": "center_crop",
                   "bdd100k": "stretch_bicubic", "bdd_oia": "stretch_bicubic", "chexpert": "center_crop",
-                  "oxford_pets": "stretch"}
+                  "oxford_pets": "stretch", "flowers102": "stretch"}
 # layouts that are indexed but whose images generation cannot read yet (layout -> why); none at present
 NO_TRANSFORM_YET: dict[str, str] = {}
 

@@ -16,8 +16,12 @@
   position in torchvision's ``OxfordIIITPet(split="test")`` order, to 5 classes (those whose test images are nearest
   in SimSiam feature similarity, shuffled with ``random.seed(0)``; ``utils/ssl_similarity.py``); the target is the
   first (``closest_indices[idx * num_shards + shard][0]``, i.e. the image's global test position, so neither the
-  sharding nor ``shuffle: True`` changes it: :func:`pets_target`). ``data/pets_idx_to_label.json`` names the 37
+  sharding nor ``shuffle: True`` changes it: :func:`closest_target`). ``data/pets_idx_to_label.json`` names the 37
   classes ("0": "abyssinian" ...) for the zero-shot classifier's and LDCE-txt's prompts (:func:`read_pets_class_names`).
+* Oxford Flowers-102 (same code path): ``data/flowers_closest_indices.json`` (6149 test images in torchvision's
+  ``Flowers102(split="test")`` order, 5 classes each, the first is the target) and ``data/flowers_idx_to_label.json``
+  (keys "1".."102", which LDCE shifts to 0..101: :func:`read_flowers_class_names`) for LDCE-txt's prompts
+  ("a photo of a {name}, a type of flower.").
 
 The two YAML files and ``imagenet_classnames.py`` (the class names of LDCE-txt's prompts, read without executing
 it: :func:`read_openai_class_names`) are a versioned resource (:data:`LDCE_TARGET_FILES`: URL at lmb-freiburg/ldce
@@ -55,16 +59,34 @@ LDCE_PETS_FILES: dict[str, tuple[str, str]] = {
     "pets_idx_to_label.json": (f"{_BASE}/pets_idx_to_label.json",
                                "8275e738a63283fc0f536f1cb5bc6b0847ebf3fa603b2909c04a7928eaf1e1a9"),
 }
+# Oxford Flowers-102: per-image targets and class names (same commit; rule fetch_ldce_flowers)
+LDCE_FLOWERS_FILES: dict[str, tuple[str, str]] = {
+    "flowers_closest_indices.json": (f"{_BASE}/flowers_closest_indices.json",
+                                     "c04aed4e8b7199c9427be7f8998464a34c16ae528746db6bd320c9efb1cddd7f"),
+    "flowers_idx_to_label.json": (f"{_BASE}/flowers_idx_to_label.json",
+                                  "b17f0537efda96b268e6cbe695ae57e9d7f13d73b5d80d4fb5e8268985e0f910"),
+}
 LDCE_DATA_VERSION = "ldce@6519597 data/"
 # where the workflow keeps them (rule fetch_ldce_targets), relative to the workflow's directory
 LDCE_TARGETS_FILE = "resources/data/ldce/image_idx_to_tgt.yaml"
 LDCE_CLASS_NAMES_FILE = "resources/data/ldce/imagenet_classnames.py"
 LDCE_PETS_TARGETS_FILE = "resources/data/ldce/pets_closest_indices.json"
 LDCE_PETS_LABELS_FILE = "resources/data/ldce/pets_idx_to_label.json"
+LDCE_FLOWERS_TARGETS_FILE = "resources/data/ldce/flowers_closest_indices.json"
+LDCE_FLOWERS_LABELS_FILE = "resources/data/ldce/flowers_idx_to_label.json"
 # an experiment's image_targets -> the upstream file its per-image targets are read from (a generation input)
-IMAGE_TARGET_FILES = {"ldce": LDCE_TARGETS_FILE, "ldce_pets": LDCE_PETS_TARGETS_FILE}
-IMAGE_TARGET_RULES = {"ldce": "fetch_ldce_targets", "ldce_pets": "fetch_ldce_pets"}  # the rules that write them
+IMAGE_TARGET_FILES = {"ldce": LDCE_TARGETS_FILE, "ldce_pets": LDCE_PETS_TARGETS_FILE,
+                      "ldce_flowers": LDCE_FLOWERS_TARGETS_FILE}
+IMAGE_TARGET_RULES = {"ldce": "fetch_ldce_targets", "ldce_pets": "fetch_ldce_pets",
+                      "ldce_flowers": "fetch_ldce_flowers"}  # the rules that write them
 PETS_CLASSES = 37
+FLOWERS_CLASSES = 102
+# image_targets kinds read from a closest-class list indexed by test-split position: kind -> (dataset, classes,
+# test images in torchvision's split)
+CLOSEST_LIST_TARGETS: dict[str, tuple[str, int, int]] = {
+    "ldce_pets": ("Oxford-IIIT Pets", PETS_CLASSES, 3669),
+    "ldce_flowers": ("Oxford Flowers-102", FLOWERS_CLASSES, 6149),
+}
 IMAGENET_CLASSES = 1000
 IMAGENET_VAL_PER_CLASS = 50
 # config name -> (class a, class b); each is the other's target
@@ -99,27 +121,42 @@ def fetch_ldce_pets_files(folder: str | Path, timeout: float = 60.0) -> Path:
     return verify_ldce_pets_files(folder)
 
 
+def verify_ldce_flowers_files(folder: str | Path) -> Path:
+    """Check that ``folder`` holds LDCE's two Flowers-102 files with their pinned sha256."""
+    return verify_pinned_files(folder, LDCE_FLOWERS_FILES, what="LDCE Flowers file", version=LDCE_DATA_VERSION,
+                               fetch_hint=f"cfx.data.ldce_targets.fetch_ldce_flowers_files('{folder}')")
+
+
+def fetch_ldce_flowers_files(folder: str | Path, timeout: float = 60.0) -> Path:
+    """Download LDCE's missing Flowers-102 files into ``folder`` (atomic, sha256-checked, retried) and verify both."""
+    fetch_pinned_files(folder, LDCE_FLOWERS_FILES, timeout=timeout)
+    return verify_ldce_flowers_files(folder)
+
+
 def _read_json(path: Path, what: str):
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{what} {path} does not exist (rule fetch_ldce_pets downloads it)") from err
+        raise FileNotFoundError(f"{what} {path} does not exist (rules fetch_ldce_pets and fetch_ldce_flowers "
+                                f"download LDCE's JSON files)") from err
     except ValueError as err:
         raise ValueError(f"{what} {path} is not valid JSON ({err}); re-download it") from err
 
 
-def _positions(data: object, path: Path, what: str) -> list:
-    """A JSON object keyed "0".."n-1" as a list in key order (upstream converts the keys with ``int``)."""
+def _positions(data: object, path: Path, what: str, first: int = 0) -> list:
+    """A JSON object keyed "first".."first+n-1" as a list in key order (upstream converts the keys with ``int``, and
+    subtracts 1 from the Flowers labels' keys, which start at 1)."""
     if not isinstance(data, dict) or not data:
         raise ValueError(f"{path} holds a {type(data).__name__}, not a non-empty object {what}")
+    last = first + len(data) - 1
     try:
         by_int = {int(k): v for k, v in data.items()}
     except ValueError as err:
-        raise ValueError(f"{path}: keys must be integers 0..{len(data) - 1} ({err})") from err
-    missing = [i for i in range(len(by_int)) if i not in by_int]
+        raise ValueError(f"{path}: keys must be integers {first}..{last} ({err})") from err
+    missing = [i for i in range(first, last + 1) if i not in by_int]
     if missing:
-        raise ValueError(f"{path}: keys must be 0..{len(data) - 1}; {missing[:3]} are missing")
-    return [by_int[i] for i in range(len(by_int))]
+        raise ValueError(f"{path}: keys must be {first}..{last}; {missing[:3]} are missing")
+    return [by_int[i] for i in range(first, last + 1)]
 
 
 def read_pets_class_names(path: str | Path) -> list[str]:
@@ -132,11 +169,24 @@ def read_pets_class_names(path: str | Path) -> list[str]:
     return names
 
 
-def read_pets_closest(path: str | Path, classes: int = PETS_CLASSES) -> list[list[int]]:
-    """``pets_closest_indices.json``: per test image (its position in torchvision's test order) the list of classes
-    LDCE may target (5 in the shipped file, SimSiam-nearest first after a seeded shuffle); errors name the entry."""
+def read_flowers_class_names(path: str | Path) -> list[str]:
+    """``flowers_idx_to_label.json``: the 102 Flowers-102 class names keyed "1".."102" ("1": "pink primrose", ...),
+    by class index 0..101 as LDCE reads them (``{int(k) - 1: v}``, scripts/ldce.py), the names of its Flowers prompts
+    ("a photo of a {name}, a type of flower.")."""
     path = Path(path)
-    entries = _positions(_read_json(path, "LDCE Pets target file"), path, "image position -> classes")
+    names = _positions(_read_json(path, "LDCE Flowers class-name file"), path, "class number -> name", first=1)
+    if len(names) != FLOWERS_CLASSES or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{path}: expected {FLOWERS_CLASSES} class names keyed 1..{FLOWERS_CLASSES}, got "
+                         f"{len(names)} entries")
+    return names
+
+
+def read_pets_closest(path: str | Path, classes: int = PETS_CLASSES) -> list[list[int]]:
+    """``pets_closest_indices.json`` (or ``flowers_closest_indices.json`` with ``classes`` 102): per test image (its
+    position in torchvision's test order) the list of classes LDCE may target (5 in the shipped files,
+    SimSiam-nearest first after a seeded shuffle); errors name the entry."""
+    path = Path(path)
+    entries = _positions(_read_json(path, "LDCE target file"), path, "image position -> classes")
     for i, entry in enumerate(entries):
         if (not isinstance(entry, list) or not entry or not all(
                 isinstance(c, int) and not isinstance(c, bool) and 0 <= c < classes for c in entry)):
@@ -144,19 +194,23 @@ def read_pets_closest(path: str | Path, classes: int = PETS_CLASSES) -> list[lis
     return entries
 
 
-def pets_target(position: int, closest: Sequence[Sequence[int]]) -> int:
-    """LDCE's target of the Pets test image at ``position`` (torchvision's test order): ``closest[position][0]``
-    (``scripts/ldce.py``: ``closest_indices[unique_data_idx * num_shards + shard][0]``, the global position)."""
+def closest_target(position: int, closest: Sequence[Sequence[int]]) -> int:
+    """LDCE's target of the Pets or Flowers test image at ``position`` (torchvision's test order):
+    ``closest[position][0]`` (``scripts/ldce.py``: ``closest_indices[unique_data_idx * num_shards + shard][0]``, the
+    global position)."""
     if not 0 <= position < len(closest):
-        raise IndexError(f"Pets test image {position} is outside the target list (0..{len(closest) - 1}): the list "
+        raise IndexError(f"test image {position} is outside the target list (0..{len(closest) - 1}): the list "
                          f"indexes all {len(closest)} test images in torchvision's order")
     return int(closest[position][0])
 
 
 def read_class_names(path: str | Path) -> list[str]:
-    """The class names of an LDCE prompt file: ``imagenet_classnames.py`` (``openai_imagenet_classes``, 1000) or
-    ``pets_idx_to_label.json`` (37), told apart by the suffix."""
-    return read_pets_class_names(path) if Path(path).suffix == ".json" else read_openai_class_names(path)
+    """The class names of an LDCE prompt file: ``imagenet_classnames.py`` (``openai_imagenet_classes``, 1000),
+    ``flowers_idx_to_label.json`` (102, keyed from 1) or ``pets_idx_to_label.json`` (37), told apart by name."""
+    path = Path(path)
+    if path.suffix != ".json":
+        return read_openai_class_names(path)
+    return read_flowers_class_names(path) if path.name.startswith("flowers") else read_pets_class_names(path)
 
 
 def _read_yaml(path: Path, what: str):
