@@ -278,6 +278,10 @@ def test_train_head_reproducible_across_workers_and_val_optional(tmp_path, backb
     a, b, c = (torch.load(tmp_path / f"{n}.pth", weights_only=True) for n in "abc")
     assert torch.equal(a["linear.weight"], b["linear.weight"])  # augmentation is drawn in the main process
     assert not torch.equal(a["linear.weight"], c["linear.weight"])
+    log = train_dino_linear_head(index, tmp_path / "d.pth", backbone_path=path, seed=5, augment=False, **settings)
+    assert log["train_transform"].startswith("Resize(256, bicubic)")
+    d = torch.load(tmp_path / "d.pth", weights_only=True)
+    assert not torch.equal(a["linear.weight"], d["linear.weight"])  # the validation view, not random crops
 
 
 def test_train_head_rejects_bad_indexes(tmp_path, backbone_file):

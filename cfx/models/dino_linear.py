@@ -395,7 +395,7 @@ def _val_features(backbone: DinoVisionTransformer, rows, n_last_blocks: int, bat
 def train_dino_linear_head(index_csv: str | Path, out_path: str | Path, *, backbone_path: str | Path,
                            n_last_blocks: int = 1, num_classes: int = 102, epochs: int = 100, batch_size: int = 128,
                            base_lr: float = 0.001, train_partition: int = 0, val_partition: int = 1, seed: int = 0,
-                           device: str = "auto", num_workers: int = 0) -> dict[str, Any]:
+                           device: str = "auto", num_workers: int = 0, augment: bool = True) -> dict[str, Any]:
     """Train LDCE's Flowers head on a frozen DINO backbone with DINO eval_linear's recipe (module docstring) and
     save it in LDCE's format (``{'linear.weight', 'linear.bias'}``, float32, the final epoch) atomically to
     ``out_path``, with a JSON log ``<out_path stem>.train.json`` (recipe, per-epoch mean training loss and val top-1
@@ -406,7 +406,10 @@ def train_dino_linear_head(index_csv: str | Path, out_path: str | Path, *, backb
     bicubic) + CenterCrop(224); their features are computed once, the backbone being frozen), skipped when there are
     none. Shuffling, crops and flips come from one ``torch.Generator`` seeded with ``seed`` (also the head's init)
     and are drawn in the main process, so the result does not depend on ``num_workers``. Threads: the caller sets
-    them (``cfx.runtime.device.set_threads``)."""
+    them (``cfx.runtime.device.set_threads``). ``augment=False`` trains on the validation view instead of random
+    crops and flips (no augmentation), as a public Flowers-102 script of an LDCE author that writes
+    ``dino_flowers_linear.pth`` does (not part of lmb-freiburg/ldce; 30 epochs, batch 32, lr 1e-3 unscaled, i.e.
+    base_lr 0.008 here, torchvision's train split)."""
     from tqdm import tqdm
 
     from cfx.runtime.checkpoints import save_checkpoint_atomic
@@ -435,7 +438,7 @@ def train_dino_linear_head(index_csv: str | Path, out_path: str | Path, *, backb
     bar = tqdm(range(epochs), desc="train dino linear head", unit="epoch")
     for epoch in bar:
         order = torch.randperm(len(paths), generator=generator).tolist()
-        draws = torch.rand(len(paths), _DRAWS_PER_IMAGE, generator=generator, dtype=torch.float64)
+        draws = torch.rand(len(paths), _DRAWS_PER_IMAGE, generator=generator, dtype=torch.float64) if augment else None
         dataset = _IndexedImages([paths[k] for k in order], [labels[k] for k in order], draws)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         epoch_lr = optimizer.param_groups[0]["lr"]
@@ -468,7 +471,9 @@ def train_dino_linear_head(index_csv: str | Path, out_path: str | Path, *, backb
     log = {"kind": "dino_linear", "recipe": "DINO eval_linear.py", "epochs": epochs, "batch_size": batch_size,
            "base_lr": base_lr, "lr": lr, "momentum": 0.9, "weight_decay": 0.0,
            "schedule": "CosineAnnealingLR(T_max=epochs, eta_min=0), stepped per epoch",
-           "train_transform": "RandomResizedCrop(224) + RandomHorizontalFlip + ImageNet Normalize",
+           "augment": bool(augment),
+           "train_transform": ("RandomResizedCrop(224) + RandomHorizontalFlip" if augment else
+                               "Resize(256, bicubic) + CenterCrop(224)") + " + ImageNet Normalize",
            "val_transform": "Resize(256, bicubic) + CenterCrop(224) + ImageNet Normalize",
            "n_last_blocks": n_last_blocks, "feature_dim": backbone.embed_dim * n_last_blocks,
            "num_classes": num_classes, "seed": seed, "backbone": str(backbone_path), "index": str(index_csv),
