@@ -28,9 +28,19 @@ def train_from_spec(
     from cfx import train
 
     set_threads(threads)
-    data_root = data_root_from_index(index_csv)
     options = dict(spec.get("train", {}))
     kind = spec["kind"]
+    if kind == "dino_linear":  # LDCE's Flowers head on the frozen DINO backbone, DINO's eval_linear recipe
+        from cfx.models.dino_linear import train_dino_linear_head
+
+        if not spec.get("backbone_weights"):
+            raise ValueError("a dino_linear models: entry needs backbone_weights (the DINO weights file)")
+        return train_dino_linear_head(
+            index_csv, out_path, backbone_path=Path(spec["backbone_weights"]),
+            n_last_blocks=int(spec.get("n_last_blocks", 1)), num_classes=int(spec.get("num_classes", 102)),
+            device=device, **options,
+        )
+    data_root = data_root_from_index(index_csv)
     if kind == "ddpm":
         return train.train_ddpm(
             data_root, out_path, model_flags=spec["flags"], diffusion_flags=spec.get("diffusion", {}),
@@ -68,7 +78,7 @@ def train_from_spec(
             **options,
         )
     raise ValueError(f"unknown model kind '{kind}' (expected ddpm, diffae, ldm, classifier, robust_classifier, "
-                     f"oracle or identity)")
+                     f"oracle, identity or dino_linear)")
 
 
 def _gcd_networks(experiment: dict[str, Any], method_spec: dict[str, Any], model_specs: dict[str, dict[str, Any]],

@@ -301,3 +301,41 @@ def test_train_head_rejects_bad_indexes(tmp_path, backbone_file):
     with pytest.raises(ValueError, match=r"c0_1\.jpg"):
         train_dino_linear_head(index, tmp_path / "h.pth", backbone_path=path, **TRAIN)
     assert not (tmp_path / "h.pth").exists()
+
+
+def test_train_head_without_augmentation_equals_the_authors_per_batch_loop(tmp_path, backbone_file):
+    """augment=False computes the train features once; the head equals a loop that, as the LDCE author's script,
+    reads every batch's images again (Resize(256, bicubic) + CenterCrop(224) + ImageNet Normalize) each epoch: the
+    same shuffles, SGD steps and cosine schedule."""
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
+    path, _ = backbone_file
+    index, rows = write_index(tmp_path, n_train=4, n_val=0)
+    settings = {**TRAIN, "epochs": 3, "batch_size": 5, "base_lr": 2.0}
+    train_dino_linear_head(index, tmp_path / "h.pth", backbone_path=path, seed=3, augment=False, **settings)
+    ours = torch.load(tmp_path / "h.pth", weights_only=True)
+
+    view = transforms.Compose([transforms.Resize(256, interpolation=InterpolationMode.BICUBIC),
+                               transforms.CenterCrop(224), transforms.ToTensor(),
+                               transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    backbone = load_dino_backbone(path)
+    generator = torch.Generator().manual_seed(3)
+    head = LinearHead(64, 3, generator=generator)
+    optimizer = torch.optim.SGD(head.parameters(), lr=2.0 * 5 / 256, momentum=0.9, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=3, eta_min=0.0)
+    train = [r for r in rows if r["partition"] == 0]
+    for _ in range(3):
+        order = torch.randperm(len(train), generator=generator).tolist()
+        for start in range(0, len(order), 5):
+            batch = [train[k] for k in order[start:start + 5]]
+            x = torch.stack([view(Image.open(r["path"]).convert("RGB")) for r in batch])
+            with torch.no_grad():
+                features = backbone(x)
+            loss = torch.nn.functional.cross_entropy(head(features), torch.tensor([r["label"] for r in batch]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+    assert torch.allclose(ours["linear.weight"], head.linear.weight.detach(), atol=1e-5)
+    assert torch.allclose(ours["linear.bias"], head.linear.bias.detach(), atol=1e-5)

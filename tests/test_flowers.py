@@ -166,3 +166,139 @@ def test_flowers_targets_and_names_as_ldce_reads_them(tmp_path):
     prompts = ldce_conditioning(spec, None, labels_file)
     assert len(prompts) == 102 and prompts[0] == "a photo of a pink primrose, a type of flower."
     assert prompts[101] == "a photo of a last flower, a type of flower."
+
+
+# -------------------------------------------------------------------------------------------------- classifier
+
+
+def _tiny_dino_files(tmp_path: Path, img: int = 32, num_classes: int = 102) -> tuple[Path, Path]:
+    """A tiny DINO ViT (64 wide, 2 blocks, 8 px patches at ``img`` px) in the published key layout and a random head
+    in LDCE's dino_flowers_linear.pth format."""
+    from tests.test_dino_linear import dino_state
+
+    backbone, head = tmp_path / "dino_vits8.pth", tmp_path / "dino_flowers_linear.pt"
+    torch.save(dino_state(embed=64, depth=2, patch=8, img=img, seed=7), backbone)
+    g = torch.Generator().manual_seed(8)
+    torch.save({"linear.weight": 0.5 * torch.randn(num_classes, 64, generator=g),
+                "linear.bias": 0.1 * torch.randn(num_classes, generator=g)}, head)
+    return backbone, head
+
+
+def _hand_dino_logits(backbone_file: Path, head_file: Path, images: torch.Tensor, crop: int) -> torch.Tensor:
+    """[−1,1] → [0,1], centre crop by slicing, ImageNet mean/std, the final-norm CLS token, W·f + b."""
+    from cfx.models.dino_linear import load_dino_backbone
+
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x01 = (images + 1) / 2
+    top, left = (x01.shape[-2] - crop) // 2, (x01.shape[-1] - crop) // 2
+    x01 = x01[..., top:top + crop, left:left + crop]
+    head = torch.load(head_file, weights_only=True)
+    with torch.no_grad():
+        features = load_dino_backbone(backbone_file)((x01 - mean) / std)
+    return features @ head["linear.weight"].T + head["linear.bias"]
+
+
+def test_dino_linear_kind_loads_for_generation_and_cout(tmp_path):
+    from cfx.metrics import NetworkRef
+    from cfx.metrics.networks import load_classifier_logits
+    from cfx.models.classifier import load_experiment_classifier
+
+    backbone, head = _tiny_dino_files(tmp_path)
+    spec = {"kind": "dino_linear", "backbone_weights": str(backbone), "n_last_blocks": 1, "num_classes": 102}
+    experiment = {"image_targets": "ldce_flowers"}
+    images = torch.rand(2, 3, 40, 40) * 2 - 1  # the classifier crops its backbone's input size (here 32, LDCE 224)
+    expected = _hand_dino_logits(backbone, head, images, 32)
+    classifier = load_experiment_classifier(spec, head, experiment)
+    with torch.no_grad():
+        assert torch.allclose(classifier(images), expected, atol=1e-5)
+    ref = NetworkRef(role="classifier", name="dino_flowers_linear", path=head, spec=spec)
+    assert torch.allclose(load_classifier_logits(ref, None)(images), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="multi-class"):
+        load_experiment_classifier(spec, head, {"query_label": 31})
+    with pytest.raises(ValueError, match="backbone_weights"):
+        load_experiment_classifier({"kind": "dino_linear"}, head, experiment)
+    with pytest.raises(ValueError, match=r"dino_flowers_linear\.pt"):  # a head for another class count
+        load_experiment_classifier({**spec, "num_classes": 37}, head, experiment)
+
+
+def test_train_model_trains_the_flowers_head_from_the_index(tmp_path):
+    """The paper suite's train_model path (cfx.steps.train_from_spec, kind dino_linear) on the flowers102 index:
+    the train partition trains, the val partition is scored, the head lands in LDCE's format next to its log."""
+    from cfx.models.dino_linear import LinearHead
+    from cfx.steps import train_from_spec
+    from tests.test_dino_linear import dino_state
+
+    root = fake_flowers(tmp_path / "flowers")
+    index_csv = tmp_path / "index.csv"
+    build_layout_index("flowers102", root, index_csv)
+    backbone = tmp_path / "dino_vits8.pth"
+    torch.save(dino_state(embed=64, depth=1, patch=16, img=224, seed=1), backbone)
+    spec = {"kind": "dino_linear", "dataset": "flowers102", "image_size": 256, "backbone_weights": str(backbone),
+            "n_last_blocks": 1, "num_classes": 102,
+            "train": {"epochs": 2, "batch_size": 2, "base_lr": 0.008, "augment": False, "seed": 0}}
+    out = tmp_path / "dino_flowers_linear.pt"
+    log = train_from_spec(spec, index_csv=index_csv, out_path=out, device="cpu", threads=1)
+    state = torch.load(out, weights_only=True)
+    assert set(state) == {"linear.weight", "linear.bias"} and state["linear.weight"].shape == (102, 64)
+    LinearHead(64, 102).load_state_dict(state, strict=True)
+    assert (log["n_train_images"], log["n_val_images"]) == (len(SETID["trnid"]), len(SETID["valid"]))
+    assert log["augment"] is False and len(log["history"]) == 2 and log["lr"] == pytest.approx(0.008 * 2 / 256)
+    assert json.loads(out.with_suffix(".train.json").read_text())["epochs"] == 2
+    with pytest.raises(ValueError, match="backbone_weights"):
+        train_from_spec({**spec, "backbone_weights": None}, index_csv=index_csv, out_path=tmp_path / "x.pt")
+
+
+# -------------------------------------------------------------------------------------------------- generation
+
+
+def test_ldce_txt_chunk_prompts_each_flowers_target_by_name(tmp_path, monkeypatch):
+    """LDCE-txt on the Flowers stand-in: each test image's target is its closest-class entry, the LDM is prompted "a
+    photo of a {name}, a type of flower." with the target's name (flowers_idx_to_label.json's keys shifted by one),
+    and the classifier's predictions are the DINO head's on the stretched 32² image. A tiny class-conditional LDM
+    stands in for miniSD: a spy maps each prompt back to its class."""
+    from cfx.data.index_dataset import IndexDataset
+    from cfx.generate import generate_chunk
+    from cfx.models.ldm import LatentDiffusion, build_ldm, save_ldm_checkpoint
+    from tests.test_imagenet_pairs import _tiny_class_ldm_config
+
+    root = fake_flowers(tmp_path / "flowers")
+    index_csv = tmp_path / "index.csv"
+    build_layout_index("flowers102", root, index_csv)
+    closest_file, labels_file = write_flowers_resources(tmp_path / "res")
+    backbone, head = _tiny_dino_files(tmp_path)
+    config = _tiny_class_ldm_config()
+    torch.manual_seed(0)
+    save_ldm_checkpoint(build_ldm(config), tmp_path / "ldm.ckpt")
+    prompted = []
+    learned = LatentDiffusion.get_learned_conditioning
+    prefix, suffix = "a photo of a ", ", a type of flower."
+
+    def spy(self, c):
+        if isinstance(c, list):
+            prompted.append(list(c))
+            c = torch.tensor([FLOWER_NAMES.index(text[len(prefix):-len(suffix)]) for text in c])
+        return learned(self, c)
+
+    monkeypatch.setattr(LatentDiffusion, "get_learned_conditioning", spy)
+    experiment = {"dataset": "flowers102", "split": "test", "image_size": 32, "image_targets": "ldce_flowers",
+                  "classifier": "dino"}
+    spec = {"batch_size": 2, "ldm": "ldm", "class_prompt": prefix + "{}" + suffix, "class_names": str(labels_file),
+            "config": {"ddim_steps": 50, "strength": 0.06}}
+    dino_spec = {"kind": "dino_linear", "backbone_weights": str(backbone), "num_classes": 102}
+    tree = tmp_path / "cf"
+    manifest = generate_chunk(
+        experiment=experiment, method="ldce_txt", method_spec=spec,
+        model_specs={"ldm": {"config": config}, "dino": dino_spec}, index_csv=index_csv,
+        checkpoints={"classifier": head, "ldm": tmp_path / "ldm.ckpt", "class_names": labels_file},
+        chunk=0, chunks=1, seed=4, tree_root=tree, manifest_path=tree / "chunks" / "ldce_txt" / "0-of-1.json",
+        device="cpu", progress=False, layout="flowers102", targets_file=closest_file)
+    records = manifest["records"]
+    assert manifest["n"] == len(SETID["tstid"])
+    assert [r["target"] for r in records] == [c[0] for c in CLOSEST]
+    assert [r["label"] for r in records] == [LABELS[n - 1] - 1 for n in SETID["tstid"]]
+    assert prompted == [[f"{prefix}{FLOWER_NAMES[c[0]]}{suffix}" for c in CLOSEST[k:k + 2]] for k in (0, 2)]
+    dataset = IndexDataset(index_csv, "flowers102", split="test", image_size=32)
+    images = torch.stack([dataset[k][1] for k in range(len(dataset))])
+    assert [r["pred"] for r in records] == _hand_dino_logits(backbone, head, images, 32).argmax(1).tolist()
+    assert Image.open(next(tree.glob("Results/ldce_txt/*/*/CF/0000000.png"))).size == (32, 32)

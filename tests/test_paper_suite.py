@@ -1,9 +1,10 @@
 """The paper suite's table catalog as dry-runs: table1 (ACE/DiME Table 1, CelebA 128), table2 (ACE, BDD100k), table3
 and table4 (ImageNet), table5 (ACE, BDD-OIA), table6 (LDCE Table 6, CelebA-HQ smile and age; DiME, ACE, LDCE,
-GCD), table7 (GCD, CelebA 128), table8 (GCD, CheXpert 224) and table9 (LDCE-txt, Oxford-IIIT Pets). With fake data
-roots in the upstream layouts the whole DAG of a table is planned from the suite file (index, checkpoint downloads,
-one generation job per experiment, method and chunk, ACE's post-processing, merges, metrics, the table) and no
-published network is trained; without data_roots the run stops saying what to download."""
+GCD), table7 (GCD, CelebA 128), table8 (GCD, CheXpert 224), table9 (LDCE-txt, Oxford-IIIT Pets) and table10
+(LDCE-txt, Flowers-102). With fake data roots in the upstream layouts the whole DAG of a table is planned from the
+suite file (index, checkpoint downloads, one generation job per experiment, method and chunk, ACE's post-processing,
+merges, metrics, the table) and no published network is trained (table10 trains LDCE's unpublished Flowers head);
+without data_roots the run stops saying what to download."""
 
 import os
 import re
@@ -21,6 +22,7 @@ from cfx.methods import own_model_key
 from cfx.suite import load_suite, method_network, method_settings, metric_networks, network_checkpoint
 from tests.test_bdd_oia import fake_bdd_oia
 from tests.test_chexpert_gcd import fake_chexpert
+from tests.test_flowers import fake_flowers
 from tests.test_layouts import fake_celebahq, fake_imagenet_val
 from tests.test_pets import fake_pets
 from tests.test_workflow import _copy_workflow
@@ -60,6 +62,9 @@ def _table_needs(suite: dict, table: str, chunks: int) -> dict[str, object]:
     for experiment in experiments:
         exp = suite["experiments"][experiment]
         checkpoints.add(network_checkpoint(suite, exp["classifier"]))
+        backbone = suite["models"][exp["classifier"]].get("backbone_weights")
+        if backbone:  # a trained head's frozen backbone (LDCE's Flowers DINO), a registry download
+            checkpoints.add(backbone)
         if {"dime", "ace"} & set(spec["methods"]):
             checkpoints.add(network_checkpoint(suite, exp["ddpm"]))
         for metric in spec["metrics"]:
@@ -77,23 +82,30 @@ def _table_needs(suite: dict, table: str, chunks: int) -> dict[str, object]:
     lpips = method_network(suite, "gcd", "lpips") if "gcd" in spec["methods"] else None
     if lpips and lpips["checkpoint"]:  # GCD's direction search reads LPIPS's VGG-16 from the registry file
         checkpoints.add(lpips["checkpoint"])
+    # networks trained here (resources/checkpoints/NAME.pt of a models: entry outside the registry: the Flowers head)
+    trained = {c for c in checkpoints if c.endswith(".pt") and Path(c).stem in suite["models"]
+               and Path(c).stem not in suite["checkpoints"]}
     return {
         "methods": spec["methods"],
         "experiments": experiments,
+        "trained": trained,
         "generate": {f"results/cf/{e}/chunks/{m}/{c}-of-{chunks}.json" for e, m in pairs for c in range(chunks)},
         "ace_postprocess": len(experiments) * chunks if "ace" in spec["methods"] else 0,
         "merge_chunks": len(pairs),
         "metric": len(pairs) * len(spec["metrics"]),
-        "checkpoints": checkpoints,
+        "checkpoints": checkpoints - trained,
         "datasets": {suite["experiments"][e]["dataset"] for e in experiments},
     }
 
 
 def _assert_plan_has_every_job(counts: Counter, outputs: dict[str, list[str]], needs: dict[str, object]) -> None:
-    """The dry-run plans what the suite file says a table needs: every download (and no training), every
-    generation chunk, ACE's post-processing, one merge per (task, method) and every metric; every downloaded file
-    is verified (its sha256 stamp is an input of the jobs that load it) before a job reads it."""
-    assert "train_model" not in counts, "a published network must be downloaded, never trained"
+    """The dry-run plans what the suite file says a table needs: every download (and no training but of the
+    unpublished Flowers head), every generation chunk, ACE's post-processing, one merge per (task, method) and every
+    metric; every downloaded file is verified (its sha256 stamp is an input of the jobs that load it) before a job
+    reads it."""
+    trained = sorted(needs["trained"])
+    assert outputs.get("train_model", []) == [x for c in trained for x in (c, c.replace(".pt", ".train.json"))], \
+        "a published network must be downloaded, never trained"
     assert set(outputs["download_checkpoint"]) == needs["checkpoints"]
     assert counts["download_checkpoint"] == len(needs["checkpoints"])
     assert set(outputs["verify_checkpoint"]) == {f"{path}.sha256" for path in needs["checkpoints"]}
@@ -106,9 +118,13 @@ def _assert_plan_has_every_job(counts: Counter, outputs: dict[str, list[str]], n
 def test_paper_models_are_published_checkpoints_and_metrics_use_the_registry():
     suite = load_suite(PAPER)
     registry = suite["checkpoints"]
-    # every network a paper experiment loads is a registry file: downloaded, never trained (train_model writes .pt)
-    for name in suite["models"]:
-        assert name in registry, name
+    # every network a paper experiment loads is a registry file: downloaded, never trained (train_model writes .pt),
+    # but for LDCE's Flowers head, which upstream does not publish: trained on a registry backbone
+    for name, spec in suite["models"].items():
+        if spec["kind"] == "dino_linear":
+            assert name not in registry and spec["backbone_weights"] == network_checkpoint(suite, "dino_vits8")
+        else:
+            assert name in registry, name
     classifier = network_checkpoint(suite, "steex_celebahq_classifier")
     assert classifier == "resources/checkpoints/steex_celebahq_classifier.tar"
     mnac = metric_networks(suite, "mnac", "celebahq_smile")["oracle"]
@@ -228,13 +244,14 @@ def _fake_roots(root: Path) -> dict[str, Path]:
     fake_bdd_oia(root / "bdd_oia")
     fake_chexpert(root / "CheXpert-v1.0-small")
     fake_pets(root / "pets")
+    fake_flowers(root / "flowers")
     return {"celeba": root / "celeba", "bdd100k": root / "bdd", "bdd_oia": root / "bdd_oia",
             "imagenet": root / "imagenet" / "val", "chexpert": root / "CheXpert-v1.0-small",
-            "oxford_pets": root / "pets"}
+            "oxford_pets": root / "pets", "flowers102": root / "flowers"}
 
 
 @pytest.mark.parametrize("table", ["table1", "table2", "table3", "table4", "table5", "table7", "table8",
-                                   "table9"])
+                                   "table9", "table10"])
 def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     wf = _copy_workflow(tmp_path)
     roots = _fake_roots(tmp_path / "data")
@@ -257,9 +274,11 @@ def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     # BDD-OIA x 4 metrics (table2's networks); table7 = GCD on CelebA 128 x 8 metrics (GCD's CelebA DiffAE, DiME's
     # classifier and oracle, LPIPS's VGG-16, VGGFace2, Inception), one direction search per task; table8 = GCD on
     # six CheXpert findings x 3 metrics (GCD's CheXpert DiffAE and DenseNet-264, LPIPS's VGG-16, Inception); table9 =
-    # LDCE-txt on Oxford-IIIT Pets x 5 metrics (the zero-shot OpenCLIP ViT-B-32, miniSD, SimSiam, Inception)
+    # LDCE-txt on Oxford-IIIT Pets x 5 metrics (the zero-shot OpenCLIP ViT-B-32, miniSD, SimSiam, Inception); table10
+    # = LDCE-txt on Flowers-102 x 5 metrics (DINO ViT-S/8 under a head trained here, miniSD, SimSiam, Inception)
     sizes = {"table1": (6, 4, 32), "table2": (3, 1, 4), "table3": (6, 9, 45), "table4": (5, 2, 10),
-             "table5": (3, 1, 4), "table7": (6, 2, 16), "table8": (4, 6, 18), "table9": (4, 1, 5)}[table]
+             "table5": (3, 1, 4), "table7": (6, 2, 16), "table8": (4, 6, 18), "table9": (4, 1, 5),
+             "table10": (4, 1, 5)}[table]
     assert (len(needs["checkpoints"]), needs["merge_chunks"], needs["metric"]) == sizes
     assert counts.get("gcd_direction", 0) == (len(needs["experiments"]) if "gcd" in needs["methods"] else 0)
     ldce_data = ["resources/data/ldce/image_idx_to_tgt.yaml", "resources/data/ldce/synset_closest_idx.yaml",
@@ -268,6 +287,10 @@ def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
     # table9: LDCE's Pets targets and class names (generation reads both, COUT the class names)
     pets_data = ["resources/data/ldce/pets_closest_indices.json", "resources/data/ldce/pets_idx_to_label.json"]
     assert outputs.get("fetch_ldce_pets", []) == (pets_data if table == "table9" else [])
+    flowers_data = ["resources/data/ldce/flowers_closest_indices.json", "resources/data/ldce/flowers_idx_to_label.json"]
+    assert outputs.get("fetch_ldce_flowers", []) == (flowers_data if table == "table10" else [])
+    # only table10 trains a network: LDCE's unpublished Flowers head, on the downloaded DINO backbone
+    assert sorted(needs["trained"]) == (["resources/checkpoints/dino_flowers_linear.pt"] if table == "table10" else [])
 
 
 def test_chexpert_experiments_follow_gcd_configs():

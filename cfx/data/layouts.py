@@ -16,7 +16,8 @@ Oxford Flowers-102 is torchvision's ``Flowers102`` folder (LDCE's ``data/dataset
 reference/ldce_gcd_svce.md §1.8): ``flowers-102/imagelabels.mat`` (``labels``, 1..102 per image number),
 ``flowers-102/setid.mat`` (``trnid``, ``valid``, ``tstid``: 1-based image numbers) and
 ``flowers-102/jpg/image_<5 digits>.jpg``; indexed train, val, test (partitions 0, 1, 2), each in its ``setid.mat``
-order (torchvision's), label = class − 1 as torchvision's (LDCE subtracts 1 again: README "Deviations").
+order (torchvision's), label = class − 1 (0..101) as torchvision ≥ 0.13's; LDCE's ``x - 1`` target transform gives the
+same labels on the torchvision 0.12 of its environment, which returned 1..102.
 """
 
 from __future__ import annotations

@@ -163,8 +163,15 @@ def load_classifier_logits(ref: NetworkRef, query_label: int | None, device: str
     (``torchvision_resnet50``, ``madry_ft``): all 1000 logits of the whole image (N, 1000), as ACE's
     ``compute_COUT.py`` feeds its ResNet-50 (``query_label`` unused); ``openclip_zero_shot``: LDCE's zero-shot
     OpenCLIP Pets classifier, one logit per class (N, 37), on the 224 centre crop its vision tower takes, as LDCE's
-    ``classifier_wrapper`` feeds it."""
-    from cfx.models.classifier import QUERY_CLASSIFIER_KINDS, ZERO_SHOT_KINDS, load_query_classifier
+    ``classifier_wrapper`` feeds it; ``dino_linear``: LDCE's Flowers-102 DINO ViT-S/8 + linear head (N, 102), on the
+    224 centre crop as LDCE's wrapper."""
+    from cfx.models.classifier import (
+        QUERY_CLASSIFIER_KINDS,
+        TRAINED_HEAD_KINDS,
+        ZERO_SHOT_KINDS,
+        load_dino_linear_from_spec,
+        load_query_classifier,
+    )
     from cfx.models.imagenet_classifier import MULTICLASS_KINDS, load_imagenet_classifier
 
     if ref.kind in MULTICLASS_KINDS:
@@ -175,6 +182,9 @@ def load_classifier_logits(ref: NetworkRef, query_label: int | None, device: str
 
         clip = load_classifier_from_spec(ref.spec, _checkpoint(ref)).to(device).eval().requires_grad_(False)
         return lambda x: clip(x.to(device))
+    if ref.kind in TRAINED_HEAD_KINDS:
+        dino = load_dino_linear_from_spec(ref.spec, _checkpoint(ref)).to(device).eval().requires_grad_(False)
+        return lambda x: dino(x.to(device))
     if ref.kind in QUERY_CLASSIFIER_KINDS:
         if query_label is None:
             raise ValueError(f"network '{ref.name}' answers a binary query, but the experiment has no query_label")

@@ -139,6 +139,22 @@ def load_query_classifier(spec: dict, path: str | Path, query_label: int) -> Que
 
 
 ZERO_SHOT_KINDS = ("openclip_zero_shot",)  # LDCE's Pets classifier (cfx.models.openclip_classifier)
+# LDCE's Flowers-102 classifier: DINO ViT-S/8 + a linear head trained here (cfx.models.dino_linear)
+TRAINED_HEAD_KINDS = ("dino_linear",)
+
+
+def load_dino_linear_from_spec(spec: dict, path: str | Path) -> nn.Module:
+    """The classifier of a suite ``models:`` entry of kind ``dino_linear`` on [−1,1] images: the linear head in
+    ``path`` (LDCE's ``dino_flowers_linear.pth`` format) on the frozen backbone file ``backbone_weights`` (DINO's
+    ``dino_deitsmall8_pretrain.pth``), CenterCrop(224) + ImageNet normalisation as LDCE's ``GenericPreprocessing``."""
+    from cfx.models.dino_linear import load_dino_linear_classifier
+
+    backbone = spec.get("backbone_weights")
+    if not backbone:
+        raise ValueError(f"classifier {path} (kind dino_linear) needs backbone_weights: the DINO weights file its "
+                         f"linear head reads features from (paper suite: resources/checkpoints/dino_vits8.pth)")
+    return load_dino_linear_classifier(path, backbone, n_last_blocks=int(spec.get("n_last_blocks", 1)),
+                                       num_classes=int(spec.get("num_classes", 102)))
 
 
 def load_experiment_classifier(spec: dict, path: str | Path, experiment: dict,
@@ -147,12 +163,13 @@ def load_experiment_classifier(spec: dict, path: str | Path, experiment: dict,
     ``torchvision_resnet50``, ``madry_ft``; 1000 logits; experiments with ``class_targets`` or ``image_targets``;
     ``center_crop``: LDCE's 224 crop, :mod:`cfx.models.imagenet_classifier`), LDCE's zero-shot OpenCLIP Pets
     classifier (kind ``openclip_zero_shot``, one logit per class of its ``class_names`` file,
-    :mod:`cfx.models.openclip_classifier`) or a binary query classifier (:func:`load_query_classifier`, experiments
+    :mod:`cfx.models.openclip_classifier`), LDCE's Flowers-102 DINO linear classifier (kind ``dino_linear``,
+    :func:`load_dino_linear_from_spec`) or a binary query classifier (:func:`load_query_classifier`, experiments
     with ``query_label``)."""
     from cfx.models.imagenet_classifier import MULTICLASS_KINDS, load_imagenet_classifier
 
     kind = str(spec.get("kind") or "classifier")
-    if kind in MULTICLASS_KINDS or kind in ZERO_SHOT_KINDS:
+    if kind in MULTICLASS_KINDS or kind in ZERO_SHOT_KINDS or kind in TRAINED_HEAD_KINDS:
         if not (experiment.get("class_targets") or experiment.get("image_targets")):
             raise ValueError(f"classifier {path} (kind {kind}) is multi-class: its experiment needs class_targets "
                              f"(source class -> target class) or image_targets, not a binary query_label")
@@ -160,6 +177,8 @@ def load_experiment_classifier(spec: dict, path: str | Path, experiment: dict,
             from cfx.models.openclip_classifier import load_classifier_from_spec
 
             return load_classifier_from_spec(spec, path, center_crop)
+        if kind in TRAINED_HEAD_KINDS:
+            return load_dino_linear_from_spec(spec, path)
         return load_imagenet_classifier(kind, path, center_crop)
     if experiment.get("query_label") is None:
         raise ValueError(f"classifier {path} (kind {kind}) answers a binary query: its experiment needs query_label")

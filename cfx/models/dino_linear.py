@@ -281,10 +281,12 @@ class DinoLinearClassifier(nn.Module):
 
 
 def load_dino_linear_classifier(head_path: str | Path, backbone_path: str | Path, *, n_last_blocks: int = 1,
-                                num_classes: int = 102, center_crop: int = CROP) -> DinoLinearClassifier:
+                                num_classes: int = 102, center_crop: int | None = None) -> DinoLinearClassifier:
     """LDCE's Flowers-102 classifier from the head file (``dino_flowers_linear.pth``) and the DINO backbone file
-    (``dino_deitsmall8_pretrain.pth``); eval mode, parameters frozen (gradients still flow to the input)."""
+    (``dino_deitsmall8_pretrain.pth``); eval mode, parameters frozen (gradients still flow to the input). The centre
+    crop is the backbone's input size unless given (ViT-S/8: 224, LDCE's ``CenterCrop(224)``)."""
     backbone = load_dino_backbone(backbone_path)
+    center_crop = backbone.img_size if center_crop is None else center_crop
     head = load_linear_head(head_path, backbone.embed_dim * int(n_last_blocks), num_classes)
     model = DinoLinearClassifier(backbone, head, n_last_blocks=n_last_blocks, center_crop=center_crop)
     return model.eval().requires_grad_(False)
@@ -433,20 +435,32 @@ def train_dino_linear_head(index_csv: str | Path, out_path: str | Path, *, backb
                     if len(val_rows) else None)
     val_labels = torch.tensor(val_rows["label"].tolist(), dtype=torch.long, device=dev)
     paths, labels = list(train_rows["path"]), list(train_rows["label"])
+    # without augmentation every epoch sees the same views: their features are computed once (the backbone is frozen)
+    fixed_features = None if augment else _val_features(backbone, train_rows, n_last_blocks, batch_size, num_workers,
+                                                        dev)
+    fixed_labels = torch.tensor(labels, dtype=torch.long)
     history = []
     loop_started = time.time()
     bar = tqdm(range(epochs), desc="train dino linear head", unit="epoch")
     for epoch in bar:
         order = torch.randperm(len(paths), generator=generator).tolist()
         draws = torch.rand(len(paths), _DRAWS_PER_IMAGE, generator=generator, dtype=torch.float64) if augment else None
-        dataset = _IndexedImages([paths[k] for k in order], [labels[k] for k in order], draws)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        if fixed_features is None:
+            dataset = _IndexedImages([paths[k] for k in order], [labels[k] for k in order], draws)
+            batches = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                                  num_workers=num_workers)
+        else:
+            batches = [(fixed_features[chunk.to(fixed_features.device)], fixed_labels[chunk])
+                       for chunk in torch.tensor(order).split(batch_size)]
         epoch_lr = optimizer.param_groups[0]["lr"]
         head.train()
         loss_sum, seen = 0.0, 0
-        for x, y in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False):
-            with torch.no_grad():
-                features = backbone.cls_features(x.to(dev), n_last_blocks)
+        for x, y in tqdm(batches, desc=f"epoch {epoch + 1}", leave=False):
+            if fixed_features is None:
+                with torch.no_grad():
+                    features = backbone.cls_features(x.to(dev), n_last_blocks)
+            else:
+                features = x
             loss = F.cross_entropy(head(features), y.to(dev))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -468,7 +482,8 @@ def train_dino_linear_head(index_csv: str | Path, out_path: str | Path, *, backb
     accuracies = [e["val_accuracy"] for e in history if e["val_accuracy"] is not None]
     best = max(range(len(accuracies)), key=accuracies.__getitem__) if accuracies else None
     majority = (float(val_rows["label"].value_counts().max()) / len(val_rows)) if len(val_rows) else None
-    log = {"kind": "dino_linear", "recipe": "DINO eval_linear.py", "epochs": epochs, "batch_size": batch_size,
+    recipe = "DINO eval_linear.py" if augment else "DINO eval_linear.py without augmentation (an LDCE author's script)"
+    log = {"kind": "dino_linear", "recipe": recipe, "epochs": epochs, "batch_size": batch_size,
            "base_lr": base_lr, "lr": lr, "momentum": 0.9, "weight_decay": 0.0,
            "schedule": "CosineAnnealingLR(T_max=epochs, eta_min=0), stepped per epoch",
            "augment": bool(augment),

@@ -8,6 +8,8 @@ from cfx.data.layouts import download_hint
 from cfx.data.ldce_targets import (
     IMAGE_TARGET_FILES,
     LDCE_CLASS_NAMES_FILE,
+    LDCE_FLOWERS_LABELS_FILE,
+    LDCE_FLOWERS_TARGETS_FILE,
     LDCE_PETS_LABELS_FILE,
     LDCE_PETS_TARGETS_FILE,
     LDCE_TARGETS_FILE,
@@ -113,14 +115,26 @@ def model_index(wildcards):
     return f"results/data/{model_spec(wildcards)['dataset']}/index.csv"
 
 
+# Files a models: entry names besides its checkpoint, inputs of every job that loads it: a zero-shot classifier's
+# class names (LDCE's Pets prompts, rule fetch_ldce_pets), a trained head's frozen backbone (LDCE's Flowers DINO ViT-S/8,
+# a registry download)
+NETWORK_SPEC_FILES = ("class_names", "backbone_weights")
+
+
+def network_spec_files(spec):
+    """The files of NETWORK_SPEC_FILES a network spec names: {key: path}."""
+    return {key: spec[key] for key in NETWORK_SPEC_FILES if spec.get(key)}
+
+
 def model_inputs(wildcards):
-    """The dataset index a network trains on and, for a fine-tuned one (``init``), its starting checkpoint."""
-    inputs = {"index": model_index(wildcards)}
+    """The dataset index a network trains on, the files its entry names (a linear head's backbone) and, for a
+    fine-tuned one (``init``), its starting checkpoint."""
+    inputs = {"index": model_index(wildcards), **network_spec_files(model_spec(wildcards))}
     init = model_spec(wildcards).get("init")
     if init:
         section_entry(SUITE, "models", init)
         inputs["init"] = f"resources/checkpoints/{init}.pt"
-    return inputs
+    return with_stamps(inputs)
 
 
 def experiment_spec(wildcards):
@@ -178,9 +192,8 @@ def generate_inputs(wildcards):
         "index": f"results/data/{spec['dataset']}/index.csv",
         "classifier": network_checkpoint(classifier),
     }
-    names_file = section_entry(SUITE, "models", classifier).get("class_names")
-    if names_file:  # a zero-shot classifier's class names (LDCE's Pets prompts, rule fetch_ldce_pets)
-        inputs["classifier_class_names"] = names_file
+    for key, path in network_spec_files(section_entry(SUITE, "models", classifier)).items():
+        inputs[f"classifier_{key}"] = path
     if ddpm:
         inputs["ddpm"] = network_checkpoint(ddpm)
     method = getattr(wildcards, "method", None)
@@ -322,8 +335,8 @@ def metric_inputs(wildcards):
     for role, network in networks.items():
         if network["checkpoint"]:
             inputs[f"network_{role}"] = network["checkpoint"]
-        if network["spec"].get("class_names"):  # a zero-shot classifier reads its class names (COUT on Pets)
-            inputs[f"network_{role}_class_names"] = network["spec"]["class_names"]
+        for key, path in network_spec_files(network["spec"]).items():  # COUT's Pets / Flowers classifier
+            inputs[f"network_{role}_{key}"] = path
     if wildcards.metric == "cd":
         inputs["index"] = f"results/data/{experiment_spec(wildcards)['dataset']}/index.csv"
     if wildcards.metric == "sigma_l":

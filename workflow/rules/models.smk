@@ -1,4 +1,5 @@
-# Networks: trained here in the mini suite (download_checkpoint takes this place in the paper suite).
+# Networks: trained here in the mini suite (download_checkpoint takes this place in the paper suite, which trains
+# only LDCE's unpublished Flowers-102 linear head: kind dino_linear, cfx.models.dino_linear).
 
 
 rule train_model:

@@ -9,6 +9,7 @@ localrules:
     all_checkpoints,
     fetch_ldce_targets,
     fetch_ldce_pets,
+    fetch_ldce_flowers,
     fetch_dime_minival,
 
 
@@ -91,6 +92,22 @@ rule fetch_ldce_pets:
         ENV
     script:
         "../scripts/fetch_ldce_pets.py"
+
+
+# LDCE's Oxford Flowers-102 files (upstream data/ at the same pinned commit, sha256-checked, atomic;
+# cfx.data.ldce_targets): the per-image targets read by experiments with image_targets: ldce_flowers, the class names
+# of LDCE-txt's prompts
+rule fetch_ldce_flowers:
+    output:
+        targets=LDCE_FLOWERS_TARGETS_FILE,
+        labels=LDCE_FLOWERS_LABELS_FILE,
+    retries: 1
+    log:
+        "logs/download/ldce_flowers.log",
+    conda:
+        ENV
+    script:
+        "../scripts/fetch_ldce_flowers.py"
 
 
 # DiME's / ACE's CelebA mini-val list (upstream utils/minival.csv at a pinned commit, sha256-checked, atomic;
