@@ -61,6 +61,9 @@ def experiment_images(index: pd.DataFrame, experiment: dict[str, Any], subset_fi
     order, which LDCE's target lists index; upstream's ``shuffle: True`` only changes the processing order). An
     experiment with a ``subset`` (``dime_minival``: DiME's ``utils/minival.csv``, read from ``subset_file``) takes the
     listed images in list order, repeats included, as DiME's ``CelebAMiniVal``."""
+    if experiment.get("image_targets") == SVCE_CLUSTER_TARGETS:
+        raise ValueError(f"image_targets: {SVCE_CLUSTER_TARGETS} gives each image several instances: "
+                         f"use experiment_items with SVCE's WordNet files")
     rows = split_rows(index, experiment)
     if experiment.get("subset"):
         return subset_images(rows, experiment, subset_file)
@@ -73,6 +76,57 @@ def experiment_images(index: pd.DataFrame, experiment: dict[str, Any], subset_fi
     if experiment.get("max_images"):
         image_ids = image_ids[: int(experiment["max_images"])]
     return image_ids
+
+
+SVCE_CLUSTER_TARGETS = "svce_clusters"  # image_targets of SVCE's ImageNet run (cfx.data.wordnet)
+
+
+def experiment_items(index: pd.DataFrame, experiment: dict[str, Any], subset_file: Path | None = None,
+                     targets_file: Path | None = None) -> tuple[list[str], list[int] | None]:
+    """The experiment's instances in order: image ids and, where the experiment gives one image several targets
+    (``image_targets: svce_clusters``, :func:`svce_cluster_items`), the target of each instance; otherwise
+    :func:`experiment_images` and None (the targets are per image: :func:`experiment_targets`)."""
+    if experiment.get("image_targets") != SVCE_CLUSTER_TARGETS:
+        return experiment_images(index, experiment, subset_file), None
+    if targets_file is None or not Path(targets_file).is_file():
+        raise FileNotFoundError(f"image_targets: {SVCE_CLUSTER_TARGETS} needs SVCE's WordNet files (rule "
+                                f"fetch_svce_hierarchy writes them to resources/data/svce/IN_info/); got "
+                                f"{targets_file}")
+    items = svce_cluster_items(index, experiment, Path(targets_file).parent)
+    if experiment.get("max_images"):
+        items = items[: int(experiment["max_images"])]
+    return [image_id for image_id, _ in items], [target for _, target in items]
+
+
+def svce_cluster_items(index: pd.DataFrame, experiment: dict[str, Any], hierarchy_dir: Path) -> list[tuple[str, int]]:
+    """SVCE's ImageNet instances (``imagenet_visual_transfer_hierachy.py``, reference/ldce_gcd_svce.md §3.2): the
+    disjoint WordNet clusters of 3–10 classes, per cluster and class ``samples_per_class`` val images drawn by the
+    seeded ``randperm`` stream over the class's images in ImageFolder order (:func:`cfx.data.wordnet.
+    select_cluster_images`), and per image one instance for every class of its cluster (its own included unless
+    ``include_source: false``), image-major as upstream's figure rows. Returns (image_id, target) pairs."""
+    from cfx.data.wordnet import (
+        SVCE_SAMPLES_PER_CLASS,
+        WordNetHierarchy,
+        cluster_targets,
+        select_cluster_images,
+        wordnet_clusters,
+    )
+
+    rows = split_rows(index, experiment)
+    if "wnid" in rows.columns:  # ImageFolder order: class folders by wnid, files by name
+        rows = rows.assign(_wnid=rows["wnid"].astype(str)).sort_values(["_wnid", "image_id"], kind="stable")
+    clusters = wordnet_clusters(WordNetHierarchy.from_folder(hierarchy_dir))
+    per_class = int(experiment.get("samples_per_class", SVCE_SAMPLES_PER_CLASS))
+    include_source = bool(experiment.get("include_source", True))
+    image_ids, labels = list(rows["image_id"]), [int(v) for v in rows["label"]]
+    items = []
+    for chosen in select_cluster_images(labels, clusters, per_class, seed=0):
+        targets = cluster_targets(chosen["label"], clusters, include_source)
+        items += [(image_ids[chosen["index"]], target) for target in targets]
+    if not items:
+        raise ValueError(f"no val image of the index belongs to a WordNet cluster of {hierarchy_dir}: is the index "
+                         f"ImageNet's, with the class index of imagenet_class_index.json as label?")
+    return items
 
 
 def subset_images(rows: pd.DataFrame, experiment: dict[str, Any], subset_file: Path | None) -> list[str]:
@@ -367,9 +421,10 @@ def generate_chunk(
     set_threads(threads)
     started = time.time()
     index = pd.read_csv(index_csv, dtype={"image_id": str})
-    image_ids = experiment_images(index, experiment, subset_file)
+    image_ids, instance_targets = experiment_items(index, experiment, subset_file, targets_file)
     positions = chunk_positions(len(image_ids), chunk, chunks)
-    image_targets = experiment_targets(index, experiment, [image_ids[i] for i in positions], targets_file)
+    image_targets = None if instance_targets is not None else experiment_targets(
+        index, experiment, [image_ids[i] for i in positions], targets_file)
     module = get_method(method)
     ext, info_format = output_format(method)
     tree = OutputTree(Path(tree_root), generated_results(method), ext=method_spec.get("ext", ext),
@@ -430,8 +485,12 @@ def generate_chunk(
             stems = [tree.stem(i) for i in positions_batch]
             generators = image_generators(seed, method, stems, torch_device)
             # multi-class experiments: the class pair's partner (ACE --label_target, LDCE's swap map) or LDCE's list
-            targets = {} if image_targets is None else {
-                "targets": torch.tensor([image_targets[image_ids[i]] for i in positions_batch], device=torch_device)}
+            if instance_targets is not None:  # several targets per image (SVCE's WordNet clusters)
+                targets = {"targets": torch.tensor([instance_targets[i] for i in positions_batch],
+                                                   device=torch_device)}
+            else:
+                targets = {} if image_targets is None else {"targets": torch.tensor(
+                    [image_targets[image_ids[i]] for i in positions_batch], device=torch_device)}
             try:
                 output = module.generate(
                     images, labels, models=models, config=method_spec["config"], generators=generators, **targets

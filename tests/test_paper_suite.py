@@ -399,3 +399,32 @@ def test_minival_experiment_plans_the_upstream_list_download(tmp_path):
     assert outputs["fetch_dime_minival"] == ["resources/data/dime/minival.csv"]
     chunks = int(yaml.safe_load((wf / "config.yaml").read_text())["chunks"])
     assert counts["generate"] == chunks and counts["merge_chunks"] == 1 and "train_model" not in counts
+
+
+def test_svce_imagenet_run_is_planned_by_the_default_target(tmp_path):
+    """SVCE's ImageNet run has no table (its repository saves figures only): the default target of the paper suite
+    plans its WordNet files, the Madry + FT download, every chunk and its figures; a run restricted to some tables
+    (config tables) leaves it out."""
+    wf = _copy_workflow(tmp_path)
+    roots = {**_fake_roots(tmp_path / "data"), "celebahq": tmp_path / "hq"}
+    fake_celebahq(tmp_path / "hq")
+    data_roots = "data_roots={" + ", ".join(f"{k}: {v}" for k, v in roots.items()) + "}"
+    result = _snakemake(["-n", "--config", "suite=paper", data_roots], wf)
+    assert result.returncode == 0, result.stderr
+    counts, outputs = _plan(result.stdout + result.stderr)
+    chunks = int(yaml.safe_load((wf / "config.yaml").read_text())["chunks"])
+    assert outputs["fetch_svce_hierarchy"] == ["resources/data/svce/IN_info/wordnet.is_a.txt",
+                                               "resources/data/svce/IN_info/words.txt",
+                                               "resources/data/svce/IN_info/imagenet_class_index.json"]
+    assert {f"results/cf/imagenet_svce/chunks/svce/{c}-of-{chunks}.json" for c in range(chunks)} <= set(
+        outputs["generate"])
+    assert "resources/checkpoints/svce_madry_ft.pt" in outputs["download_checkpoint"]
+    assert "results/figures/imagenet_svce/svce_radii.png" in outputs["svce_figure"]
+    assert "results/figures/imagenet_svce/svce_grid.png" in outputs["grid_figure"]
+    assert not any("imagenet_svce" in path for path in outputs.get("metric", []))  # no table reads it
+    # every catalog table is in the default target too
+    suite = load_suite(wf / "workflow" / "suites" / "paper.yaml")
+    assert {f"results/tables/{t}.csv" for t in suite["tables"]} <= set(outputs["table"])
+    restricted = _snakemake(["-n", "--config", "suite=paper", data_roots, "tables=[table1]"], wf)
+    assert restricted.returncode == 0, restricted.stderr
+    assert "imagenet_svce" not in restricted.stdout + restricted.stderr

@@ -13,9 +13,15 @@ included, as upstream; :func:`cluster_targets` can leave it out).
 The three files are a versioned resource (:data:`HIERARCHY_FILES`: URL at SVCEs_code commit 2dac850 + sha256),
 downloaded by :func:`fetch_hierarchy` and checked by :func:`verify_hierarchy`; they are not shipped with cfx.
 
+A cluster's classes are kept in ascending order; upstream iterates them as a Python ``set`` of class numbers
+(``ImageNetHierarchy.get_descendants(in_imagenet=True)``), and that order decides which images its seeded
+``randperm`` stream draws for which class and the order of each image's targets. :func:`upstream_class_order`
+reproduces CPython's iteration of such a set; where two classes of a cluster collide in the set's hash table their
+order also depends on the order of insertion, which upstream takes from a set of wnid strings (hash-randomised per
+process), so upstream itself is not reproducible there.
+
 Deviation: the ImageNet classes are those of ``imagenet_class_index.json`` (upstream lists the folders of
-``<imagenet>/train``, the same 1000 for a complete ImageNet), and a cluster's classes are in ascending order
-(upstream iterates a Python set, whose order depends on string-hash randomisation).
+``<imagenet>/train``, the same 1000 for a complete ImageNet).
 """
 
 from __future__ import annotations
@@ -24,8 +30,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from cfx.runtime.download import fetch_pinned_files, verify_pinned_files
 
@@ -39,6 +43,10 @@ HIERARCHY_FILES: dict[str, tuple[str, str]] = {
                                   "70417ad8985ddbf008d22f5ef2e57254a56f7a3e215b8c7e86c315af53467035"),
 }
 HIERARCHY_VERSION = "SVCEs_code@2dac850 IN_info"
+# where the workflow keeps them (rule fetch_svce_hierarchy), relative to the workflow's directory
+SVCE_HIERARCHY_DIR = "resources/data/svce/IN_info"
+SVCE_HIERARCHY_PATHS = [f"{SVCE_HIERARCHY_DIR}/{name}" for name in HIERARCHY_FILES]
+SVCE_SAMPLES_PER_CLASS = 5  # imagenet_visual_transfer_hierachy.py --samples default (its README runs 1)
 
 
 def verify_hierarchy(folder: str | Path) -> Path:
@@ -149,24 +157,34 @@ def wordnet_clusters(hierarchy: WordNetHierarchy, min_size: int = 3, max_size: i
 
 
 def cluster_targets(label: int, clusters: Sequence[Cluster], include_source: bool = True) -> list[int]:
-    """The targets of an image of class ``label``: its cluster's classes (without ``label`` itself when
-    ``include_source`` is False; upstream includes it, P-S7); empty when no cluster holds ``label``."""
+    """The targets of an image of class ``label``: its cluster's classes in upstream's order
+    (:func:`upstream_class_order`, ``targets_lists.append(list(wnid_subclasses))``), without ``label`` itself when
+    ``include_source`` is False (upstream includes it, P-S7); empty when no cluster holds ``label``."""
     for cluster in clusters:
         if label in cluster.classes:
-            return [c for c in cluster.classes if include_source or c != label]
+            return [c for c in upstream_class_order(cluster.classes) if include_source or c != label]
     return []
+
+
+def upstream_class_order(classes: Sequence[int]) -> list[int]:
+    """The order in which upstream iterates a cluster's classes: CPython's iteration of the ``set`` of class numbers
+    (slot order in the hash table, ints hashing to themselves), here built by inserting them in ascending order."""
+    return list(set(sorted(int(c) for c in classes)))
 
 
 def select_cluster_images(labels: Sequence[int], clusters: Sequence[Cluster], per_class: int,
                           seed: int = 0) -> list[dict]:
-    """Upstream's image selection: for every cluster and every class in it, ``per_class`` images of that class
-    drawn by a seeded ``torch.randperm`` over the class's images (in dataset order), one stream for the whole
-    walk. Returns dicts ``index`` (into ``labels``), ``label``, ``cluster`` (wnid), ``cluster_name``, ``rank``."""
+    """Upstream's image selection: for every cluster and every class in it (in :func:`upstream_class_order`),
+    ``per_class`` images of that class drawn by a seeded ``torch.randperm`` over the class's images (in dataset
+    order), one stream for the whole walk (``torch.manual_seed(0)``). Returns dicts ``index`` (into ``labels``),
+    ``label``, ``cluster`` (wnid), ``cluster_name``, ``rank``."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     labels_t = torch.as_tensor(list(labels), dtype=torch.long)
     selected = []
     for cluster in clusters:
-        for label in cluster.classes:
+        for label in upstream_class_order(cluster.classes):
             candidates = torch.nonzero(labels_t == label).flatten()
             chosen = candidates[torch.randperm(len(candidates), generator=generator)][:per_class]
             selected += [{"index": int(i), "label": label, "cluster": cluster.wnid, "cluster_name": cluster.name,

@@ -15,6 +15,7 @@ from cfx.data.ldce_targets import (
     LDCE_TARGETS_FILE,
 )
 from cfx.data.minival import SUBSETS
+from cfx.data.wordnet import SVCE_HIERARCHY_DIR, SVCE_HIERARCHY_PATHS
 from cfx.metrics import METRICS
 from cfx.methods import implementation, own_model_key, uses_ddpm
 from cfx.runtime.download import checkpoint_filename
@@ -62,16 +63,19 @@ wildcard_constraints:
 
 
 def get_final_outputs():
-    """Every table of the active suite (or config['tables']) and the figures of what they show."""
+    """Every table of the active suite (or config['tables']) and the figures of what they show; without
+    config['tables'] also the figures of the suite's figures: section (SVCE's ImageNet run, which has no table)."""
     outputs = expand("results/tables/{table}.csv", table=TABLES)
     outputs += expand("results/figures/tables/{table}.png", table=TABLES)
-    for table in TABLES:
-        for experiment, method in table_pairs(SUITE, table):
-            outputs.append(f"results/figures/{experiment}/{method}_grid.png")
-            if method == "svce":
-                outputs.append(f"results/figures/{experiment}/svce_radii.png")
-            if method == "gcd":
-                outputs.append(f"results/figures/{experiment}/gcd_bblig/summary.json")
+    pairs = [pair for table in TABLES for pair in table_pairs(SUITE, table)]
+    if not config["tables"]:
+        pairs += [(e, m) for e, methods in (SUITE.get("figures") or {}).items() for m in methods]
+    for experiment, method in pairs:
+        outputs.append(f"results/figures/{experiment}/{method}_grid.png")
+        if method == "svce":
+            outputs.append(f"results/figures/{experiment}/svce_radii.png")
+        if method == "gcd":
+            outputs.append(f"results/figures/{experiment}/gcd_bblig/summary.json")
     return sorted(set(outputs))
 
 
@@ -206,7 +210,9 @@ def generate_inputs(wildcards):
         inputs[own_model_key(method)] = network_checkpoint(method_model(method, wildcards.experiment))
     if method and implementation(method) == "gcd":
         inputs["direction"] = f"results/gcd/{wildcards.experiment}/direction.pt"
-    if spec.get("image_targets"):  # LDCE's per-image targets (rules fetch_ldce_targets, fetch_ldce_pets)
+    if spec.get("image_targets") == "svce_clusters":  # SVCE's WordNet files (rule fetch_svce_hierarchy)
+        inputs["targets"] = f"{SVCE_HIERARCHY_DIR}/imagenet_class_index.json"
+    elif spec.get("image_targets"):  # LDCE's per-image targets (rules fetch_ldce_targets, fetch_ldce_pets, ...)
         inputs["targets"] = IMAGE_TARGET_FILES[spec["image_targets"]]
     if settings.get("class_prompt"):  # LDCE-txt's prompts name the classes (ImageNet's file by default, or Pets')
         inputs["class_names"] = settings.get("class_names") or LDCE_CLASS_NAMES_FILE
@@ -306,11 +312,23 @@ def table_inputs(wildcards):
     return {"metrics": metrics, "merged": merged}
 
 
+def svce_figure_inputs(wildcards):
+    """SVCE's merged tree and, for its ImageNet run, the class index that names the targets in the titles."""
+    inputs = {"merged": f"results/cf/{wildcards.experiment}/svce.merged.json"}
+    if experiment_spec(wildcards).get("image_targets") == "svce_clusters":
+        inputs["class_index"] = f"{SVCE_HIERARCHY_DIR}/imagenet_class_index.json"
+    return inputs
+
+
 def svce_class_names(wildcards):
-    """Names of the two classes of an experiment's binary query (SVCE figure titles)."""
+    """Names of the two classes of an experiment's binary query (SVCE figure titles); none for a multi-class
+    experiment (the figure reads ImageNet's names from its class_index input)."""
     from cfx.data.celeba import CELEBA_ATTRIBUTES
 
-    attribute = CELEBA_ATTRIBUTES[int(experiment_spec(wildcards)["query_label"])]
+    query = experiment_spec(wildcards).get("query_label")
+    if query is None:
+        return []
+    attribute = CELEBA_ATTRIBUTES[int(query)]
     return [f"not {attribute}", attribute]
 
 

@@ -10,6 +10,7 @@ localrules:
     fetch_ldce_targets,
     fetch_ldce_pets,
     fetch_ldce_flowers,
+    fetch_svce_hierarchy,
     fetch_dime_minival,
 
 
@@ -108,6 +109,22 @@ rule fetch_ldce_flowers:
         ENV
     script:
         "../scripts/fetch_ldce_flowers.py"
+
+
+# SVCE's WordNet files (IN_info/ at its pinned commit, sha256-checked, atomic; cfx.data.wordnet): the clusters and
+# targets of experiments with image_targets: svce_clusters, and ImageNet's class names of its figure
+rule fetch_svce_hierarchy:
+    output:
+        is_a=SVCE_HIERARCHY_PATHS[0],
+        words=SVCE_HIERARCHY_PATHS[1],
+        class_index=SVCE_HIERARCHY_PATHS[2],
+    retries: 1
+    log:
+        "logs/download/svce_hierarchy.log",
+    conda:
+        ENV
+    script:
+        "../scripts/fetch_svce_hierarchy.py"
 
 
 # DiME's / ACE's CelebA mini-val list (upstream utils/minival.csv at a pinned commit, sha256-checked, atomic;

@@ -67,7 +67,7 @@ rule table_figure:
 
 rule svce_figure:
     input:
-        merged="results/cf/{experiment}/svce.merged.json",
+        unpack(svce_figure_inputs),
     output:
         figure=report(
             "results/figures/{experiment}/svce_radii.png",
