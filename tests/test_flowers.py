@@ -302,3 +302,44 @@ def test_ldce_txt_chunk_prompts_each_flowers_target_by_name(tmp_path, monkeypatc
     images = torch.stack([dataset[k][1] for k in range(len(dataset))])
     assert [r["pred"] for r in records] == _hand_dino_logits(backbone, head, images, 32).argmax(1).tolist()
     assert Image.open(next(tree.glob("Results/ldce_txt/*/*/CF/0000000.png"))).size == (32, 32)
+
+
+# ---------------------------------------------------------------------------------------------------- workflow
+
+
+def test_workflow_trains_the_flowers_head_on_a_placed_backbone(tmp_path):
+    """Snakemake (not a dry-run) builds the Flowers head of the paper suite: the flowers102 index of a stand-in
+    root, the hand-placed DINO backbone verified (trust on first use: its sha256 recorded), train_model on the train
+    split with the suite's recipe (epochs shortened here), the head in LDCE's format next to its log."""
+    import hashlib
+
+    import yaml
+
+    from cfx.models.dino_linear import load_linear_head
+    from tests.test_dino_linear import dino_state
+    from tests.test_paper_suite import _snakemake
+    from tests.test_workflow import _copy_workflow
+
+    wf = _copy_workflow(tmp_path)
+    suite_file = wf / "workflow" / "suites" / "paper.yaml"
+    suite = yaml.safe_load(suite_file.read_text())
+    recipe = suite["models"]["dino_flowers_linear"]["train"]
+    assert recipe == {"epochs": 30, "batch_size": 32, "base_lr": 0.008, "augment": False, "seed": 0}
+    recipe.update(epochs=2, batch_size=2)
+    suite_file.write_text(yaml.safe_dump(suite, sort_keys=False))
+    backbone = wf / "resources" / "checkpoints" / "dino_vits8.pth"
+    backbone.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(dino_state(embed=64, depth=1, patch=16, img=224, seed=3), backbone)
+    root = fake_flowers(tmp_path / "flowers")
+    result = _snakemake(["--cores", "1", "--config", "suite=paper", "device=cpu", f"data_roots={{flowers102: {root}}}",
+                         "--", "resources/checkpoints/dino_flowers_linear.pt"], wf)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "download_checkpoint" not in result.stdout + result.stderr  # placed by hand: never downloaded
+    lock = yaml.safe_load((wf / "resources" / "checkpoints" / "sha256.lock.yaml").read_text())["checkpoints"]
+    assert lock["dino_vits8"]["sha256"] == hashlib.sha256(backbone.read_bytes()).hexdigest()
+    head = wf / "resources" / "checkpoints" / "dino_flowers_linear.pt"
+    assert load_linear_head(head, 64, 102).linear.weight.shape == (102, 64)
+    log = json.loads(head.with_suffix(".train.json").read_text())
+    assert (log["epochs"], log["batch_size"], log["augment"]) == (2, 2, False)
+    assert (log["n_train_images"], log["n_val_images"]) == (len(SETID["trnid"]), len(SETID["valid"]))
+    assert (wf / "logs" / "train" / "dino_flowers_linear.log").exists()
