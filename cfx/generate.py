@@ -34,10 +34,11 @@ from cfx.data.ldce_targets import (
     imagefolder_positions,
     ldce_unique_id,
     read_class_names,
+    read_closest_indices,
     read_image_targets,
-    read_pets_closest,
 )
 from cfx.data.minival import SUBSETS, read_subset_ids
+from cfx.data.wordnet import SVCE_CLUSTER_TARGETS
 from cfx.io.images import save_image_atomic
 from cfx.io.tree import OutputTree, read_info, write_dime_summary
 from cfx.methods import generated_results, get_method, implementation, output_format, uses_ddpm
@@ -76,9 +77,6 @@ def experiment_images(index: pd.DataFrame, experiment: dict[str, Any], subset_fi
     if experiment.get("max_images"):
         image_ids = image_ids[: int(experiment["max_images"])]
     return image_ids
-
-
-SVCE_CLUSTER_TARGETS = "svce_clusters"  # image_targets of SVCE's ImageNet run (cfx.data.wordnet)
 
 
 def experiment_items(index: pd.DataFrame, experiment: dict[str, Any], subset_file: Path | None = None,
@@ -200,7 +198,7 @@ def experiment_targets(index: pd.DataFrame, experiment: dict[str, Any], image_id
     rows = split_rows(index, experiment)
     if kind in CLOSEST_LIST_TARGETS:
         dataset, classes, test_images = CLOSEST_LIST_TARGETS[kind]
-        closest = read_pets_closest(targets_file, classes)
+        closest = read_closest_indices(targets_file, classes)
         if len(closest) != len(rows):
             raise ValueError(f"{targets_file} lists targets for {len(closest)} test images, the index's "
                              f"{experiment['split']} split has {len(rows)}: LDCE's list indexes torchvision's "

@@ -30,7 +30,7 @@ def train_from_spec(
     set_threads(threads)
     options = dict(spec.get("train", {}))
     kind = spec["kind"]
-    if kind == "dino_linear":  # LDCE's Flowers head on the frozen DINO backbone, DINO's eval_linear recipe
+    if kind == "dino_linear":  # LDCE's Flowers head on the frozen DINO backbone (recipe: the entry's train:)
         from cfx.models.dino_linear import train_dino_linear_head
 
         if not spec.get("backbone_weights"):

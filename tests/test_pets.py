@@ -112,12 +112,12 @@ def test_pets_missing_image_or_bad_line_is_named(tmp_path):
 
 
 def test_pets_targets_are_the_first_closest_class_at_the_test_position(tmp_path):
-    from cfx.data.ldce_targets import LDCE_PETS_FILES, closest_target, read_class_names, read_pets_closest
+    from cfx.data.ldce_targets import LDCE_PETS_FILES, closest_target, read_class_names, read_closest_indices
     from cfx.generate import experiment_images, experiment_targets
 
     closest_file, labels_file = write_pets_resources(tmp_path / "res")
     assert read_class_names(labels_file) == PET_NAMES
-    closest = read_pets_closest(closest_file)
+    closest = read_closest_indices(closest_file)
     assert [closest_target(k, closest) for k in range(len(CLOSEST))] == [c[0] for c in CLOSEST]
     with pytest.raises(IndexError, match="outside the target list"):
         closest_target(len(CLOSEST), closest)
@@ -143,7 +143,7 @@ def test_pets_targets_are_the_first_closest_class_at_the_test_position(tmp_path)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"0": [40]}))
     with pytest.raises(ValueError, match="image 0"):
-        read_pets_closest(bad)
+        read_closest_indices(bad)
 
 
 # -------------------------------------------------------------------------------------------------- classifier

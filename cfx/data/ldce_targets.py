@@ -181,7 +181,7 @@ def read_flowers_class_names(path: str | Path) -> list[str]:
     return names
 
 
-def read_pets_closest(path: str | Path, classes: int = PETS_CLASSES) -> list[list[int]]:
+def read_closest_indices(path: str | Path, classes: int = PETS_CLASSES) -> list[list[int]]:
     """``pets_closest_indices.json`` (or ``flowers_closest_indices.json`` with ``classes`` 102): per test image (its
     position in torchvision's test order) the list of classes LDCE may target (5 in the shipped files,
     SimSiam-nearest first after a seeded shuffle); errors name the entry."""

@@ -46,6 +46,7 @@ HIERARCHY_VERSION = "SVCEs_code@2dac850 IN_info"
 # where the workflow keeps them (rule fetch_svce_hierarchy), relative to the workflow's directory
 SVCE_HIERARCHY_DIR = "resources/data/svce/IN_info"
 SVCE_HIERARCHY_PATHS = [f"{SVCE_HIERARCHY_DIR}/{name}" for name in HIERARCHY_FILES]
+SVCE_CLUSTER_TARGETS = "svce_clusters"  # an experiment's image_targets for SVCE's ImageNet run (cfx.generate)
 SVCE_SAMPLES_PER_CLASS = 5  # imagenet_visual_transfer_hierachy.py --samples default (its README runs 1)
 
 

@@ -15,7 +15,7 @@ from cfx.data.ldce_targets import (
     LDCE_TARGETS_FILE,
 )
 from cfx.data.minival import SUBSETS
-from cfx.data.wordnet import SVCE_HIERARCHY_DIR, SVCE_HIERARCHY_PATHS
+from cfx.data.wordnet import SVCE_CLUSTER_TARGETS, SVCE_HIERARCHY_DIR, SVCE_HIERARCHY_PATHS
 from cfx.metrics import METRICS
 from cfx.methods import implementation, own_model_key, uses_ddpm
 from cfx.runtime.download import checkpoint_filename
@@ -210,7 +210,7 @@ def generate_inputs(wildcards):
         inputs[own_model_key(method)] = network_checkpoint(method_model(method, wildcards.experiment))
     if method and implementation(method) == "gcd":
         inputs["direction"] = f"results/gcd/{wildcards.experiment}/direction.pt"
-    if spec.get("image_targets") == "svce_clusters":  # SVCE's WordNet files (rule fetch_svce_hierarchy)
+    if spec.get("image_targets") == SVCE_CLUSTER_TARGETS:  # SVCE's WordNet files (rule fetch_svce_hierarchy)
         inputs["targets"] = f"{SVCE_HIERARCHY_DIR}/imagenet_class_index.json"
     elif spec.get("image_targets"):  # LDCE's per-image targets (rules fetch_ldce_targets, fetch_ldce_pets, ...)
         inputs["targets"] = IMAGE_TARGET_FILES[spec["image_targets"]]
@@ -315,7 +315,7 @@ def table_inputs(wildcards):
 def svce_figure_inputs(wildcards):
     """SVCE's merged tree and, for its ImageNet run, the class index that names the targets in the titles."""
     inputs = {"merged": f"results/cf/{wildcards.experiment}/svce.merged.json"}
-    if experiment_spec(wildcards).get("image_targets") == "svce_clusters":
+    if experiment_spec(wildcards).get("image_targets") == SVCE_CLUSTER_TARGETS:
         inputs["class_index"] = f"{SVCE_HIERARCHY_DIR}/imagenet_class_index.json"
     return inputs
 
