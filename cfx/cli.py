@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cfx.suite import experiment_layout, load_suite, method_settings, section_entry
+from cfx.suite import experiment_layout, image_targets_file, load_suite, method_settings, section_entry
 
 REPO_SUITES = Path(__file__).resolve().parent.parent / "workflow" / "suites"
 
@@ -115,7 +115,7 @@ def train(suite: str, scale: str, model: str, index_csv: Path, out: Path, device
 def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, checkpoint_dir, tree, manifest,
              device, precision, batch_divisor, compile_unet, ldm, diffae, direction) -> None:
     """Generate the counterfactuals of one chunk of one (experiment, method)."""
-    from cfx.data.ldce_targets import IMAGE_TARGET_FILES, LDCE_CLASS_NAMES_FILE
+    from cfx.data.ldce_targets import LDCE_CLASS_NAMES_FILE
     from cfx.data.minival import SUBSETS
     from cfx.generate import generate_chunk, method_classifier
     from cfx.methods import implementation, own_model_key, uses_ddpm
@@ -136,10 +136,10 @@ def generate(suite, scale, experiment, method, chunk, chunks, seed, index_csv, c
     if implementation(method) == "gcd":
         checkpoints["direction"] = direction or Path("results/gcd") / experiment / "direction.pt"
     settings = method_settings(spec, method, experiment)
-    # upstream data files the workflow fetches (rules fetch_ldce_targets, fetch_ldce_pets, fetch_dime_minival)
+    # upstream data files the workflow fetches (rules fetch_ldce_*, fetch_svce_hierarchy, fetch_dime_minival)
     if settings.get("class_prompt"):
         checkpoints["class_names"] = Path(settings.get("class_names") or LDCE_CLASS_NAMES_FILE)
-    targets = IMAGE_TARGET_FILES.get(exp.get("image_targets") or "")
+    targets = image_targets_file(exp)
     resources = {"targets_file": Path(targets) if targets else None,
                  "subset_file": Path(SUBSETS[exp["subset"]]) if exp.get("subset") in SUBSETS else None}
     manifest = manifest or tree / "chunks" / method / f"{chunk}-of-{chunks}.json"

@@ -240,3 +240,22 @@ def class_targets(experiment: dict[str, Any]) -> dict[int, int] | None:
     if not table:
         return None
     return {int(source): int(target) for source, target in table.items()}
+
+
+def image_targets_file(experiment: dict[str, Any]) -> str | None:
+    """The upstream data file an experiment's ``image_targets`` reads (a generation input, relative to the workflow):
+    LDCE's per-image target lists (rules fetch_ldce_targets, fetch_ldce_pets, fetch_ldce_flowers) or, for SVCE's
+    WordNet clusters, ``imagenet_class_index.json`` of the hierarchy folder (rule fetch_svce_hierarchy; generation
+    reads the folder); None without image_targets."""
+    from cfx.data.ldce_targets import IMAGE_TARGET_FILES
+    from cfx.data.wordnet import SVCE_CLUSTER_TARGETS, SVCE_HIERARCHY_DIR
+
+    kind = experiment.get("image_targets")
+    if not kind:
+        return None
+    if kind == SVCE_CLUSTER_TARGETS:
+        return f"{SVCE_HIERARCHY_DIR}/imagenet_class_index.json"
+    if kind not in IMAGE_TARGET_FILES:
+        known = ", ".join([*IMAGE_TARGET_FILES, SVCE_CLUSTER_TARGETS])
+        raise SuiteError(f"unknown image_targets '{kind}'; known: {known}")
+    return IMAGE_TARGET_FILES[kind]

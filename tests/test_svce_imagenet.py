@@ -147,3 +147,17 @@ def test_svce_chunk_writes_every_instance_at_every_radius(tmp_path, no_sha256_ch
         assert [r["target"] for r in manifest["variants"][name]] == [targets[i] for i in positions]
     cfs = sorted(tree.glob("Results/svce/*/*/CF/*.png"))
     assert len(cfs) == len(positions) and Image.open(cfs[0]).size == (32, 32)
+
+
+def test_every_image_targets_kind_names_its_fetched_file():
+    """The file the workflow (generation inputs, SVCE's figure) and `cfx generate` pass for each image_targets kind:
+    the outputs of the fetch_* rules."""
+    from cfx.suite import SuiteError, image_targets_file
+
+    assert image_targets_file({"query_label": 31}) is None
+    svce = image_targets_file({"image_targets": "svce_clusters"})
+    assert svce == "resources/data/svce/IN_info/imagenet_class_index.json"
+    assert image_targets_file({"image_targets": "ldce"}) == "resources/data/ldce/image_idx_to_tgt.yaml"
+    assert image_targets_file({"image_targets": "ldce_flowers"}) == "resources/data/ldce/flowers_closest_indices.json"
+    with pytest.raises(SuiteError, match="unknown image_targets 'nope'"):
+        image_targets_file({"image_targets": "nope"})

@@ -6,7 +6,6 @@ from snakemake.utils import validate
 
 from cfx.data.layouts import download_hint
 from cfx.data.ldce_targets import (
-    IMAGE_TARGET_FILES,
     LDCE_CLASS_NAMES_FILE,
     LDCE_FLOWERS_LABELS_FILE,
     LDCE_FLOWERS_TARGETS_FILE,
@@ -15,7 +14,7 @@ from cfx.data.ldce_targets import (
     LDCE_TARGETS_FILE,
 )
 from cfx.data.minival import SUBSETS
-from cfx.data.wordnet import SVCE_CLUSTER_TARGETS, SVCE_HIERARCHY_DIR, SVCE_HIERARCHY_PATHS
+from cfx.data.wordnet import SVCE_CLUSTER_TARGETS, SVCE_HIERARCHY_PATHS
 from cfx.metrics import METRICS
 from cfx.methods import implementation, own_model_key, uses_ddpm
 from cfx.runtime.download import checkpoint_filename
@@ -23,6 +22,7 @@ from cfx.runtime.download import checkpoint_filename
 from cfx.suite import (
     experiment_layout,
     experiment_methods,
+    image_targets_file,
     load_suite,
     method_network,
     method_settings,
@@ -210,10 +210,8 @@ def generate_inputs(wildcards):
         inputs[own_model_key(method)] = network_checkpoint(method_model(method, wildcards.experiment))
     if method and implementation(method) == "gcd":
         inputs["direction"] = f"results/gcd/{wildcards.experiment}/direction.pt"
-    if spec.get("image_targets") == SVCE_CLUSTER_TARGETS:  # SVCE's WordNet files (rule fetch_svce_hierarchy)
-        inputs["targets"] = f"{SVCE_HIERARCHY_DIR}/imagenet_class_index.json"
-    elif spec.get("image_targets"):  # LDCE's per-image targets (rules fetch_ldce_targets, fetch_ldce_pets, ...)
-        inputs["targets"] = IMAGE_TARGET_FILES[spec["image_targets"]]
+    if spec.get("image_targets"):  # LDCE's per-image targets or SVCE's WordNet files (their fetch_* rules)
+        inputs["targets"] = image_targets_file(spec)
     if settings.get("class_prompt"):  # LDCE-txt's prompts name the classes (ImageNet's file by default, or Pets')
         inputs["class_names"] = settings.get("class_names") or LDCE_CLASS_NAMES_FILE
     if spec.get("subset"):  # an upstream image list (DiME's mini-val, rule fetch_dime_minival)
@@ -316,7 +314,7 @@ def svce_figure_inputs(wildcards):
     """SVCE's merged tree and, for its ImageNet run, the class index that names the targets in the titles."""
     inputs = {"merged": f"results/cf/{wildcards.experiment}/svce.merged.json"}
     if experiment_spec(wildcards).get("image_targets") == SVCE_CLUSTER_TARGETS:
-        inputs["class_index"] = f"{SVCE_HIERARCHY_DIR}/imagenet_class_index.json"
+        inputs["class_index"] = image_targets_file(experiment_spec(wildcards))
     return inputs
 
 
