@@ -167,24 +167,14 @@ def load_classifier_logits(ref: NetworkRef, query_label: int | None, device: str
     224 centre crop as LDCE's wrapper."""
     from cfx.models.classifier import (
         QUERY_CLASSIFIER_KINDS,
-        TRAINED_HEAD_KINDS,
-        ZERO_SHOT_KINDS,
-        load_dino_linear_from_spec,
+        load_multiclass_classifier,
         load_query_classifier,
+        multiclass_kinds,
     )
-    from cfx.models.imagenet_classifier import MULTICLASS_KINDS, load_imagenet_classifier
 
-    if ref.kind in MULTICLASS_KINDS:
-        network = load_imagenet_classifier(ref.kind, _checkpoint(ref)).to(device).eval().requires_grad_(False)
+    if ref.kind in multiclass_kinds():
+        network = load_multiclass_classifier(ref.spec, _checkpoint(ref)).to(device).eval().requires_grad_(False)
         return lambda x: network(x.to(device))
-    if ref.kind in ZERO_SHOT_KINDS:
-        from cfx.models.openclip_classifier import load_classifier_from_spec
-
-        clip = load_classifier_from_spec(ref.spec, _checkpoint(ref)).to(device).eval().requires_grad_(False)
-        return lambda x: clip(x.to(device))
-    if ref.kind in TRAINED_HEAD_KINDS:
-        dino = load_dino_linear_from_spec(ref.spec, _checkpoint(ref)).to(device).eval().requires_grad_(False)
-        return lambda x: dino(x.to(device))
     if ref.kind in QUERY_CLASSIFIER_KINDS:
         if query_label is None:
             raise ValueError(f"network '{ref.name}' answers a binary query, but the experiment has no query_label")

@@ -157,29 +157,44 @@ def load_dino_linear_from_spec(spec: dict, path: str | Path) -> nn.Module:
                                        num_classes=int(spec.get("num_classes", 102)))
 
 
-def load_experiment_classifier(spec: dict, path: str | Path, experiment: dict,
-                               center_crop: int | None = None) -> nn.Module:
-    """The classifier an experiment explains, on [−1,1] images: an ImageNet classifier (suite kinds
-    ``torchvision_resnet50``, ``madry_ft``; 1000 logits; experiments with ``class_targets`` or ``image_targets``;
-    ``center_crop``: LDCE's 224 crop, :mod:`cfx.models.imagenet_classifier`), LDCE's zero-shot OpenCLIP Pets
-    classifier (kind ``openclip_zero_shot``, one logit per class of its ``class_names`` file,
-    :mod:`cfx.models.openclip_classifier`), LDCE's Flowers-102 DINO linear classifier (kind ``dino_linear``,
-    :func:`load_dino_linear_from_spec`) or a binary query classifier (:func:`load_query_classifier`, experiments
-    with ``query_label``)."""
+def multiclass_kinds() -> tuple[str, ...]:
+    """The suite kinds of classifiers with one logit per class (not a binary query)."""
+    from cfx.models.imagenet_classifier import MULTICLASS_KINDS
+
+    return (*MULTICLASS_KINDS, *ZERO_SHOT_KINDS, *TRAINED_HEAD_KINDS)
+
+
+def load_multiclass_classifier(spec: dict, path: str | Path, center_crop: int | None = None) -> nn.Module:
+    """A multi-class classifier of a suite ``models:`` entry on [−1,1] images, one logit per class: an ImageNet
+    classifier (kinds ``torchvision_resnet50``, ``madry_ft``; 1000 logits; ``center_crop``: LDCE's 224 crop,
+    :mod:`cfx.models.imagenet_classifier`), LDCE's zero-shot OpenCLIP Pets classifier (kind ``openclip_zero_shot``,
+    one logit per class of its ``class_names`` file, :mod:`cfx.models.openclip_classifier`) or LDCE's Flowers-102
+    DINO linear classifier (kind ``dino_linear``, :func:`load_dino_linear_from_spec`; it crops for itself)."""
     from cfx.models.imagenet_classifier import MULTICLASS_KINDS, load_imagenet_classifier
 
     kind = str(spec.get("kind") or "classifier")
-    if kind in MULTICLASS_KINDS or kind in ZERO_SHOT_KINDS or kind in TRAINED_HEAD_KINDS:
+    if kind in ZERO_SHOT_KINDS:
+        from cfx.models.openclip_classifier import load_classifier_from_spec
+
+        return load_classifier_from_spec(spec, path, center_crop)
+    if kind in TRAINED_HEAD_KINDS:
+        return load_dino_linear_from_spec(spec, path)
+    if kind in MULTICLASS_KINDS:
+        return load_imagenet_classifier(kind, path, center_crop)
+    raise ValueError(f"classifier {path}: kind '{kind}' is no multi-class kind ({', '.join(multiclass_kinds())})")
+
+
+def load_experiment_classifier(spec: dict, path: str | Path, experiment: dict,
+                               center_crop: int | None = None) -> nn.Module:
+    """The classifier an experiment explains, on [−1,1] images: a multi-class one (:func:`load_multiclass_classifier`,
+    experiments with ``class_targets`` or ``image_targets``) or a binary query classifier
+    (:func:`load_query_classifier`, experiments with ``query_label``)."""
+    kind = str(spec.get("kind") or "classifier")
+    if kind in multiclass_kinds():
         if not (experiment.get("class_targets") or experiment.get("image_targets")):
             raise ValueError(f"classifier {path} (kind {kind}) is multi-class: its experiment needs class_targets "
                              f"(source class -> target class) or image_targets, not a binary query_label")
-        if kind in ZERO_SHOT_KINDS:
-            from cfx.models.openclip_classifier import load_classifier_from_spec
-
-            return load_classifier_from_spec(spec, path, center_crop)
-        if kind in TRAINED_HEAD_KINDS:
-            return load_dino_linear_from_spec(spec, path)
-        return load_imagenet_classifier(kind, path, center_crop)
+        return load_multiclass_classifier(spec, path, center_crop)
     if experiment.get("query_label") is None:
         raise ValueError(f"classifier {path} (kind {kind}) answers a binary query: its experiment needs query_label")
     return load_query_classifier(spec, path, int(experiment["query_label"]))
