@@ -9,7 +9,7 @@ from cfx.data import ldce_targets
 from cfx.data.ldce_targets import (
     IMAGENET_CLASS_PAIRS,
     closest_class_target,
-    fetch_ldce_target_files,
+    fetch_ldce_files,
     image_target,
     imagefolder_positions,
     ldce_unique_id,
@@ -17,7 +17,7 @@ from cfx.data.ldce_targets import (
     read_closest_classes,
     read_image_targets,
     read_openai_class_names,
-    verify_ldce_target_files,
+    verify_ldce_files,
 )
 from cfx.runtime.download import ChecksumError, sha256_file
 
@@ -69,7 +69,7 @@ def test_bad_target_files_name_the_file(tmp_path, content, message):
     with pytest.raises(ValueError, match=message) as info:
         read_image_targets(path)
     assert str(path) in str(info.value)
-    with pytest.raises(FileNotFoundError, match="fetch_ldce_target_files"):
+    with pytest.raises(FileNotFoundError, match="fetch_ldce_files"):
         read_image_targets(tmp_path / "absent.yaml")
 
 
@@ -94,20 +94,22 @@ def test_fetch_downloads_atomically_and_verifies_the_pinned_digests(tmp_path, mo
     (source / "synset_closest_idx.yaml").write_text(yaml.safe_dump({0: [1]}))
     (source / "imagenet_classnames.py").write_text(f"openai_imagenet_classes = {['n'] * 1000!r}\n")
     files = {name: ((source / name).as_uri(), sha256_file(source / name)) for name in ldce_targets.LDCE_TARGET_FILES}
-    monkeypatch.setattr(ldce_targets, "LDCE_TARGET_FILES", files)
-    folder = fetch_ldce_target_files(tmp_path / "resources", timeout=5)
+    monkeypatch.setitem(ldce_targets.LDCE_FILE_GROUPS, "targets", files)
+    folder = fetch_ldce_files(tmp_path / "resources", "targets", timeout=5)
     assert read_image_targets(folder / "image_idx_to_tgt.yaml") == [1]
     (folder / "synset_closest_idx.yaml").write_text("tampered")
     with pytest.raises(ValueError, match="re-download"):
-        verify_ldce_target_files(folder)
+        verify_ldce_files(folder, "targets")
     (folder / "synset_closest_idx.yaml").unlink()
     with pytest.raises(FileNotFoundError, match="synset_closest_idx.yaml is missing"):
-        verify_ldce_target_files(folder)
+        verify_ldce_files(folder, "targets")
     bad = {**files, "synset_closest_idx.yaml": (files["synset_closest_idx.yaml"][0], "0" * 64)}
-    monkeypatch.setattr(ldce_targets, "LDCE_TARGET_FILES", bad)
+    monkeypatch.setitem(ldce_targets.LDCE_FILE_GROUPS, "targets", bad)
     with pytest.raises(ChecksumError, match="synset_closest_idx.yaml"):
-        fetch_ldce_target_files(tmp_path / "other", timeout=5)
+        fetch_ldce_files(tmp_path / "other", "targets", timeout=5)
     assert not (tmp_path / "other" / "synset_closest_idx.yaml").exists()
+    with pytest.raises(KeyError, match="unknown group of LDCE files 'cub'"):
+        fetch_ldce_files(tmp_path / "other", "cub", timeout=5)
 
 
 def _full_val_index(shuffle_seed: int = 0):

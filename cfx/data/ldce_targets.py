@@ -25,8 +25,8 @@
 
 The two YAML files and ``imagenet_classnames.py`` (the class names of LDCE-txt's prompts, read without executing
 it: :func:`read_openai_class_names`) are a versioned resource (:data:`LDCE_TARGET_FILES`: URL at lmb-freiburg/ldce
-commit 6519597 and sha256), downloaded by :func:`fetch_ldce_target_files` and checked by
-:func:`verify_ldce_target_files`; they are not shipped with cfx.
+commit 6519597 and sha256), downloaded by :func:`fetch_ldce_files` and checked by :func:`verify_ldce_files`, as the
+Pets and Flowers files (:data:`LDCE_FILE_GROUPS`); they are not shipped with cfx.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ LDCE_FLOWERS_FILES: dict[str, tuple[str, str]] = {
                                   "b17f0537efda96b268e6cbe695ae57e9d7f13d73b5d80d4fb5e8268985e0f910"),
 }
 LDCE_DATA_VERSION = "ldce@6519597 data/"
+# group -> its files; each group is written by its own rule (fetch_ldce_<group>)
+LDCE_FILE_GROUPS = {"targets": LDCE_TARGET_FILES, "pets": LDCE_PETS_FILES, "flowers": LDCE_FLOWERS_FILES}
 # where the workflow keeps them (rule fetch_ldce_targets), relative to the workflow's directory
 LDCE_TARGETS_FILE = "resources/data/ldce/image_idx_to_tgt.yaml"
 LDCE_CLASS_NAMES_FILE = "resources/data/ldce/imagenet_classnames.py"
@@ -97,40 +99,24 @@ IMAGENET_CLASS_PAIRS: dict[str, tuple[int, int]] = {
 }
 
 
-def verify_ldce_target_files(folder: str | Path) -> Path:
-    """Check that ``folder`` holds both target files with their pinned sha256; errors name the file and its URL."""
-    return verify_pinned_files(folder, LDCE_TARGET_FILES, what="LDCE target file", version=LDCE_DATA_VERSION,
-                               fetch_hint=f"cfx.data.ldce_targets.fetch_ldce_target_files('{folder}')")
+def _file_group(group: str) -> dict[str, tuple[str, str]]:
+    if group not in LDCE_FILE_GROUPS:
+        raise KeyError(f"unknown group of LDCE files '{group}'; known: {', '.join(LDCE_FILE_GROUPS)}")
+    return LDCE_FILE_GROUPS[group]
 
 
-def fetch_ldce_target_files(folder: str | Path, timeout: float = 60.0) -> Path:
-    """Download the missing target files into ``folder`` (atomic, sha256-checked, retried) and verify both."""
-    fetch_pinned_files(folder, LDCE_TARGET_FILES, timeout=timeout)
-    return verify_ldce_target_files(folder)
+def verify_ldce_files(folder: str | Path, group: str = "targets") -> Path:
+    """Check that ``folder`` holds LDCE's files of ``group`` (:data:`LDCE_FILE_GROUPS`) with their pinned sha256;
+    errors name the file and its URL."""
+    return verify_pinned_files(folder, _file_group(group), what=f"LDCE {group} file", version=LDCE_DATA_VERSION,
+                               fetch_hint=f"cfx.data.ldce_targets.fetch_ldce_files('{folder}', '{group}')")
 
 
-def verify_ldce_pets_files(folder: str | Path) -> Path:
-    """Check that ``folder`` holds LDCE's two Pets files with their pinned sha256."""
-    return verify_pinned_files(folder, LDCE_PETS_FILES, what="LDCE Pets file", version=LDCE_DATA_VERSION,
-                               fetch_hint=f"cfx.data.ldce_targets.fetch_ldce_pets_files('{folder}')")
-
-
-def fetch_ldce_pets_files(folder: str | Path, timeout: float = 60.0) -> Path:
-    """Download LDCE's missing Pets files into ``folder`` (atomic, sha256-checked, retried) and verify both."""
-    fetch_pinned_files(folder, LDCE_PETS_FILES, timeout=timeout)
-    return verify_ldce_pets_files(folder)
-
-
-def verify_ldce_flowers_files(folder: str | Path) -> Path:
-    """Check that ``folder`` holds LDCE's two Flowers-102 files with their pinned sha256."""
-    return verify_pinned_files(folder, LDCE_FLOWERS_FILES, what="LDCE Flowers file", version=LDCE_DATA_VERSION,
-                               fetch_hint=f"cfx.data.ldce_targets.fetch_ldce_flowers_files('{folder}')")
-
-
-def fetch_ldce_flowers_files(folder: str | Path, timeout: float = 60.0) -> Path:
-    """Download LDCE's missing Flowers-102 files into ``folder`` (atomic, sha256-checked, retried) and verify both."""
-    fetch_pinned_files(folder, LDCE_FLOWERS_FILES, timeout=timeout)
-    return verify_ldce_flowers_files(folder)
+def fetch_ldce_files(folder: str | Path, group: str = "targets", timeout: float = 60.0) -> Path:
+    """Download LDCE's missing files of ``group`` into ``folder`` (atomic, sha256-checked, retried) and verify them
+    all (rules fetch_ldce_targets, fetch_ldce_pets, fetch_ldce_flowers)."""
+    fetch_pinned_files(folder, _file_group(group), timeout=timeout)
+    return verify_ldce_files(folder, group)
 
 
 def _read_json(path: Path, what: str):
@@ -217,7 +203,7 @@ def _read_yaml(path: Path, what: str):
     try:
         return yaml.safe_load(Path(path).read_text())
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{what} {path} does not exist (cfx.data.ldce_targets.fetch_ldce_target_files "
+        raise FileNotFoundError(f"{what} {path} does not exist (cfx.data.ldce_targets.fetch_ldce_files "
                                 f"downloads it)") from err
     except yaml.YAMLError as err:
         raise ValueError(f"{what} {path} is not valid YAML ({err}); re-download it") from err

@@ -70,13 +70,15 @@ rule fetch_ldce_targets:
         targets=LDCE_TARGETS_FILE,
         closest="resources/data/ldce/synset_closest_idx.yaml",
         class_names=LDCE_CLASS_NAMES_FILE,
+    params:
+        group="targets",
     retries: 1
     log:
         "logs/download/ldce_targets.log",
     conda:
         ENV
     script:
-        "../scripts/fetch_ldce_targets.py"
+        "../scripts/fetch_ldce_files.py"
 
 
 # LDCE's Oxford-IIIT Pets files (upstream data/ at the same pinned commit, sha256-checked, atomic; cfx.data.ldce_targets):
@@ -86,13 +88,15 @@ rule fetch_ldce_pets:
     output:
         targets=LDCE_PETS_TARGETS_FILE,
         labels=LDCE_PETS_LABELS_FILE,
+    params:
+        group="pets",
     retries: 1
     log:
         "logs/download/ldce_pets.log",
     conda:
         ENV
     script:
-        "../scripts/fetch_ldce_pets.py"
+        "../scripts/fetch_ldce_files.py"
 
 
 # LDCE's Oxford Flowers-102 files (upstream data/ at the same pinned commit, sha256-checked, atomic;
@@ -102,13 +106,15 @@ rule fetch_ldce_flowers:
     output:
         targets=LDCE_FLOWERS_TARGETS_FILE,
         labels=LDCE_FLOWERS_LABELS_FILE,
+    params:
+        group="flowers",
     retries: 1
     log:
         "logs/download/ldce_flowers.log",
     conda:
         ENV
     script:
-        "../scripts/fetch_ldce_flowers.py"
+        "../scripts/fetch_ldce_files.py"
 
 
 # SVCE's WordNet files (IN_info/ at its pinned commit, sha256-checked, atomic; cfx.data.wordnet): the clusters and
