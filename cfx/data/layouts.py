@@ -264,11 +264,23 @@ def read_chexpert(root: Path, key: str = "chexpert") -> pd.DataFrame:
     return pd.concat([frame, table[CHEXPERT_LABELS].reset_index(drop=True)], axis=1)
 
 
-def pets_folder(root: Path) -> Path:
-    """The ``oxford-iiit-pet`` folder of a torchvision root (``root/oxford-iiit-pet``), or ``root`` itself when it is
-    that folder (it holds ``annotations/test.txt``)."""
+def torchvision_folder(root: Path, key: str, dataset: str, folder_name: str, marker: str, url: str,
+                       members: tuple[tuple[str, str], ...]) -> Path:
+    """The ``folder_name`` folder of a torchvision dataset root (``root/folder_name``), or ``root`` itself when it is
+    that folder (it holds ``marker``), checked to hold ``members`` ((relative path, what it is) pairs); a missing root
+    or member stops with what to download from ``url`` and the ``data_roots`` key."""
     root = Path(root)
-    return root if (root / PETS_TEST).is_file() else root / PETS_FOLDER
+    if not root.is_dir():
+        raise DatasetLayoutError(f"{dataset} root {root} does not exist: download it ({url}) and set "
+                                 f"data_roots: {{{key}: /path/to/it}} in config.yaml (the folder that holds "
+                                 f"{folder_name}/, as torchvision's root)")
+    folder = root if (root / marker).is_file() else root / folder_name
+    for name, what in members:
+        if not (folder / name).exists():
+            raise DatasetLayoutError(f"{folder / name} is missing: download {dataset} ({what}): {url} (the "
+                                     f"folder is data_roots: {{{key}: {root}}} in config.yaml, holding "
+                                     f"{folder_name}/)")
+    return folder
 
 
 def read_oxford_pets(root: Path, key: str = "oxford_pets") -> pd.DataFrame:
@@ -276,17 +288,9 @@ def read_oxford_pets(root: Path, key: str = "oxford_pets") -> pd.DataFrame:
     ``annotations/test.txt`` in file order (the order LDCE's per-image targets index), label = class id − 1 (0..36,
     sorted breed names: 0 Abyssinian ... 36 yorkshire_terrier), ``species`` = 0 cat / 1 dog, ``breed`` the class
     name of the image id (``Abyssinian_201`` -> ``Abyssinian``); image_id is the file name ``<id>.jpg``, partition 2."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetLayoutError(f"Oxford-IIIT Pets root {root} does not exist: download it ({PETS_URL}) and set "
-                                 f"data_roots: {{{key}: /path/to/it}} in config.yaml (the folder that holds "
-                                 f"{PETS_FOLDER}/, as torchvision's root)")
-    folder = pets_folder(root)
+    members = ((PETS_TEST, "its annotations, annotations.tar.gz"), ("images", "its images, images.tar.gz"))
+    folder = torchvision_folder(root, key, "Oxford-IIIT Pets", PETS_FOLDER, PETS_TEST, PETS_URL, members)
     listing, images = folder / PETS_TEST, folder / "images"
-    for path, what in ((listing, "annotations (annotations.tar.gz)"), (images, "images (images.tar.gz)")):
-        if not path.exists():
-            raise DatasetLayoutError(f"{path} is missing: download Oxford-IIIT Pets' {what}: {PETS_URL} (the folder "
-                                     f"is data_roots: {{{key}: {root}}} in config.yaml, holding {PETS_FOLDER}/)")
     rows, absent = [], []
     for number, line in enumerate(listing.read_text().splitlines(), start=1):
         if not line.strip():
@@ -313,13 +317,6 @@ def read_oxford_pets(root: Path, key: str = "oxford_pets") -> pd.DataFrame:
     return frame
 
 
-def flowers_folder(root: Path) -> Path:
-    """The ``flowers-102`` folder of a torchvision root (``root/flowers-102``), or ``root`` itself when it is that
-    folder (it holds ``setid.mat``)."""
-    root = Path(root)
-    return root if (root / FLOWERS_SETID).is_file() else root / FLOWERS_FOLDER
-
-
 def _mat_vector(path: Path, name: str, key: str) -> list[int]:
     """The integer vector ``name`` of a MATLAB file (``scipy.io.loadmat``, as torchvision's ``Flowers102``)."""
     from scipy.io import loadmat
@@ -340,17 +337,8 @@ def read_flowers102(root: Path, key: str = "flowers102") -> pd.DataFrame:
     """Oxford Flowers-102 as torchvision's ``Flowers102`` reads it: every image of the train, val and test splits
     (partitions 0, 1, 2), each split in ``setid.mat`` order (the test order LDCE's per-image targets index),
     label = ``imagelabels.mat`` class − 1 (0..101); image_id ``image_<5 digits>.jpg``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetLayoutError(f"Flowers-102 root {root} does not exist: download it ({FLOWERS_URL}) and set "
-                                 f"data_roots: {{{key}: /path/to/it}} in config.yaml (the folder that holds "
-                                 f"{FLOWERS_FOLDER}/, as torchvision's root)")
-    folder = flowers_folder(root)
-    for name, what in ((FLOWERS_LABELS, "the labels"), (FLOWERS_SETID, "the split ids"), ("jpg", "the images")):
-        if not (folder / name).exists():
-            raise DatasetLayoutError(f"{folder / name} is missing: download Flowers-102's {what}: {FLOWERS_URL} "
-                                     f"(the folder is data_roots: {{{key}: {root}}} in config.yaml, holding "
-                                     f"{FLOWERS_FOLDER}/)")
+    members = ((FLOWERS_LABELS, "its labels"), (FLOWERS_SETID, "its split ids"), ("jpg", "its images"))
+    folder = torchvision_folder(root, key, "Flowers-102", FLOWERS_FOLDER, FLOWERS_SETID, FLOWERS_URL, members)
     labels = _mat_vector(folder / FLOWERS_LABELS, "labels", key)
     bad = [v for v in labels if not 1 <= v <= FLOWERS_CLASSES]
     if bad:
