@@ -259,8 +259,8 @@ def test_ldce_txt_chunk_prompts_each_flowers_target_by_name(tmp_path, monkeypatc
     stands in for miniSD: a spy maps each prompt back to its class."""
     from cfx.data.index_dataset import IndexDataset
     from cfx.generate import generate_chunk
-    from cfx.models.ldm import LatentDiffusion, build_ldm, save_ldm_checkpoint
-    from tests.test_imagenet_pairs import _tiny_class_ldm_config
+    from cfx.models.ldm import build_ldm, save_ldm_checkpoint
+    from tests.test_imagenet_pairs import _tiny_class_ldm_config, spy_on_prompts
 
     root = fake_flowers(tmp_path / "flowers")
     index_csv = tmp_path / "index.csv"
@@ -270,17 +270,8 @@ def test_ldce_txt_chunk_prompts_each_flowers_target_by_name(tmp_path, monkeypatc
     config = _tiny_class_ldm_config()
     torch.manual_seed(0)
     save_ldm_checkpoint(build_ldm(config), tmp_path / "ldm.ckpt")
-    prompted = []
-    learned = LatentDiffusion.get_learned_conditioning
     prefix, suffix = "a photo of a ", ", a type of flower."
-
-    def spy(self, c):
-        if isinstance(c, list):
-            prompted.append(list(c))
-            c = torch.tensor([FLOWER_NAMES.index(text[len(prefix):-len(suffix)]) for text in c])
-        return learned(self, c)
-
-    monkeypatch.setattr(LatentDiffusion, "get_learned_conditioning", spy)
+    prompted = spy_on_prompts(monkeypatch, FLOWER_NAMES, prefix, suffix)
     experiment = {"dataset": "flowers102", "split": "test", "image_size": 32, "image_targets": "ldce_flowers",
                   "classifier": "dino"}
     spec = {"batch_size": 2, "ldm": "ldm", "class_prompt": prefix + "{}" + suffix, "class_names": str(labels_file),

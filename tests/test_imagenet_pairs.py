@@ -230,6 +230,24 @@ def test_ace_chunk_and_postprocessing_give_each_image_its_class_target(resnet, i
         assert (after["label"], after["pred"], after["target"]) == (before["label"], before["pred"], before["target"])
 
 
+def spy_on_prompts(monkeypatch, names: list[str], prefix: str, suffix: str) -> list[list[str]]:
+    """Record the prompt batches LDCE-txt conditions the LDM on, and map each prompt "{prefix}{name}{suffix}" back
+    to its class (the index of ``name``), so that a tiny class-conditional LDM stands in for miniSD."""
+    from cfx.models.ldm import LatentDiffusion
+
+    prompted: list[list[str]] = []
+    learned = LatentDiffusion.get_learned_conditioning
+
+    def spy(self, c):
+        if isinstance(c, list):
+            prompted.append(list(c))
+            c = torch.tensor([names.index(text[len(prefix):len(text) - len(suffix)]) for text in c])
+        return learned(self, c)
+
+    monkeypatch.setattr(LatentDiffusion, "get_learned_conditioning", spy)
+    return prompted
+
+
 def _tiny_class_ldm_config() -> dict:
     from tests.test_ldm import TINY_VQ
 
@@ -299,7 +317,7 @@ def test_ldce_txt_variant_prompts_each_target_class_by_name(resnet, imagenet, tm
     "a photo of a {name}." of each image's target class, the names read from LDCE's imagenet_classnames.py
     (scripts/ldce.py). The tiny class-conditional LDM stands in for miniSD: a spy maps each prompt back to its
     class, so the test sees exactly which prompts generation asked for."""
-    from cfx.models.ldm import LatentDiffusion, build_ldm, save_ldm_checkpoint
+    from cfx.models.ldm import build_ldm, save_ldm_checkpoint
 
     path, _ = resnet
     _, index_csv, _ = imagenet
@@ -309,16 +327,7 @@ def test_ldce_txt_variant_prompts_each_target_class_by_name(resnet, imagenet, tm
     names = [f"class{k}" for k in range(1000)]
     names[339], names[340] = "sorrel", "zebra"
     (tmp_path / "imagenet_classnames.py").write_text(f"name_map = {{}}\nopenai_imagenet_classes = {names!r}\n")
-    prompted = []
-    learned = LatentDiffusion.get_learned_conditioning
-
-    def spy(self, c):
-        if isinstance(c, list):
-            prompted.append(list(c))
-            c = torch.tensor([names.index(text[len("a photo of a "):-1]) for text in c])
-        return learned(self, c)
-
-    monkeypatch.setattr(LatentDiffusion, "get_learned_conditioning", spy)
+    prompted = spy_on_prompts(monkeypatch, names, "a photo of a ", ".")
     experiment = {"dataset": "imagenet", "split": "val", "image_size": SIZE, "class_targets": PAIR,
                   "classifier": "resnet"}
     spec = {"batch_size": 4, "ldm": "ldm", "class_prompt": "a photo of a {}.", "image_resize": "stretch",
