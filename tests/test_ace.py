@@ -124,6 +124,55 @@ def test_postprocess_keeps_every_pixel_outside_the_mask(tiny):
     assert torch.equal(same, x) and bool(keep_same.all())
 
 
+class NeighbourUNet(torch.nn.Module):
+    """A stand-in UNet whose ε and variance outputs mix each pixel's 5x5 neighbourhood (the tiny ADM's output layer is
+    zero-initialised, so it predicts ε = 0 everywhere and noise in the kept region could not reach the edited one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 5, padding=2)
+
+    def forward(self, x, t, **kwargs):
+        return 0.5 * torch.tanh(self.conv(x))
+
+
+def upstream_filter(diffusion, unet, steps, pe01, x01, dilated, inpaint, noise_fn):
+    """ACE postprocessing.py:filter_fn, re-stated: the start and the kept region are noised with noise_fn (randn_like
+    when stochastic, zeros_like when not); here only the non-stochastic case (no sampling noise)."""
+    x, orig = 2 * pe01 - 1, 2 * x01 - 1
+    keep = (dilated < inpaint).float()
+    for idx, t in enumerate(range(steps - 1, -1, -1)):
+        ts = torch.full((x.shape[0],), t, dtype=torch.long)
+        if idx == 0:
+            x = diffusion.q_sample(x, ts, noise=noise_fn(x))
+        x = x * (1 - keep) + keep * diffusion.q_sample(orig, ts, noise=noise_fn(x))
+        x = diffusion.p_mean_variance(unet, x, ts, clip_denoised=True)["mean"]
+    x = x * (1 - keep) + keep * orig
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def test_postprocess_without_stochastic_sampling_adds_no_noise_like_upstream(tiny):
+    """sampling_stochastic false: upstream's filter uses zero noise for the kept region too (postprocessing.py:121,
+    132-134); a pre-explanation that changes a small patch keeps most pixels, so noise there would show."""
+    _, diffusion = tiny
+    torch.manual_seed(5)
+    unet = NeighbourUNet()
+    x = torch.rand(2, 3, 16, 16)
+    pe = x.clone()
+    pe[:, :, 6:8, 6:8] = 1 - pe[:, :, 6:8, 6:8]
+    config = {"sampling_time_fraction": 0.1, "sampling_inpaint": 0.15, "sampling_dilation": 3,
+              "sampling_stochastic": False}
+    ce, _, keep = postprocess(x, pe, unet=unet, diffusion=diffusion, config=config,
+                              generators=image_generators(4, "ace", [0, 1]))
+    again, _, _ = postprocess(x, pe, unet=unet, diffusion=diffusion, config=config,
+                              generators=image_generators(99, "ace", [7, 8]))
+    assert keep.mean() > 0.5  # most pixels are kept: the case where stray noise mattered
+    assert torch.equal(ce, again)  # no random draw at all
+    _, dilated = generate_mask(x, pe, 3)
+    expected = upstream_filter(diffusion, unet, 5, pe, x, dilated, 0.15, torch.zeros_like)
+    torch.testing.assert_close(ce, expected, rtol=0, atol=1e-6)
+
+
 def test_attack_flips_a_trivial_classifier_and_checkpointing_changes_nothing(tiny):
     unet, diffusion = tiny
     assert get_method("ace").generate is generate

@@ -233,16 +233,21 @@ def postprocess(images01: torch.Tensor, pe01: torch.Tensor, *, unet, diffusion, 
     stochastic = bool(cfg["sampling_stochastic"])
     shape = tuple(images01.shape[1:])
     ce, orig = 2 * pe01 - 1, 2 * images01 - 1
+
+    def noise() -> torch.Tensor:
+        # upstream filter_fn: noise_fn = randn_like if stochastic else zeros_like, for the start and the kept region
+        if stochastic:
+            return randn_per_image(generators, shape, ce.device, ce.dtype)
+        return torch.zeros_like(ce)
+
     noise_image = None
     for idx, t in enumerate(range(k - 1, -1, -1)):
         ts = _timesteps(t, ce.shape[0], ce.device)
         if idx == 0:
-            eps = randn_per_image(generators, shape, ce.device, ce.dtype) if stochastic else torch.zeros_like(ce)
-            ce = diffusion.q_sample(ce, ts, noise=eps)
+            ce = diffusion.q_sample(ce, ts, noise=noise())
             noise_image = ce.clone()
         if threshold != 0:
-            ce = ce * (1 - keep) + keep * diffusion.q_sample(orig, ts, noise=randn_per_image(
-                generators, shape, ce.device, ce.dtype))
+            ce = ce * (1 - keep) + keep * diffusion.q_sample(orig, ts, noise=noise())
         out = diffusion.p_mean_variance(unet, ce, ts, clip_denoised=True)
         ce = out["mean"]
         if stochastic and t > 0:
