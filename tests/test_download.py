@@ -395,3 +395,36 @@ def test_download_rule_end_to_end(server, tmp_path):
     assert server.hits("/never.pt") == 0
     assert dl.read_lock(ckpts / dl.LOCK_NAME)["steex"]["sha256"] == sha(b"hq weights")
     assert (tmp_path / "logs" / "download" / "steex.tar.log").exists()
+
+    def snakemake(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "snakemake", *args, "--cores", "1", "--config", "suite=paper"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "CFX_DOWNLOAD_BACKOFF": "0.01"})
+
+    # editing the registry (notes, a mirror, pinning the digest the file already has) re-runs nothing: the
+    # checkpoint is neither deleted nor re-stamped (a newer stamp would re-run every job that reads it)
+    stamp_time = (ckpts / "steex.tar.sha256").stat().st_mtime_ns
+    suite["checkpoints"]["steex"].update(notes="edited", sha256=sha(b"hq weights"),
+                                         mirrors=[server.url("/mirror.tar.gz")])
+    suite["checkpoints"]["placed"]["notes"] = "edited too"
+    suite_path.write_text(yaml.safe_dump(suite))
+    planned = snakemake("-n", "all_checkpoints")
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    assert "Nothing to be done" in planned.stdout + planned.stderr, planned.stdout[-3000:]
+    # a pin the file does not have re-runs only the verification, which stops naming the file; the file stays
+    suite["checkpoints"]["placed"]["sha256"] = "0" * 64
+    suite_path.write_text(yaml.safe_dump(suite))
+    refused = snakemake("all_checkpoints")
+    assert refused.returncode != 0
+    assert "placed.pt" in refused.stdout + refused.stderr and "replace or delete the file" in (
+        refused.stdout + refused.stderr)
+    assert (ckpts / "placed.pt").read_bytes() == b"by hand"
+    assert (ckpts / "steex.tar.sha256").stat().st_mtime_ns == stamp_time
+    # a forced download that fails (the upstream file is gone and the present one no longer matches the pin) leaves
+    # the file the user had in place
+    server.routes["/steex.tar.gz"] = [(404, b"", {})]
+    suite["checkpoints"]["steex"]["sha256"] = "1" * 64
+    suite_path.write_text(yaml.safe_dump(suite))
+    forced = snakemake("--force", "resources/checkpoints/steex.tar")
+    assert forced.returncode != 0
+    assert (ckpts / "steex.tar").read_bytes() == b"hq weights"

@@ -395,8 +395,24 @@ def checkpoint_name(wildcards):
     return by_file[wildcards.ckpt_file]
 
 
-def checkpoint_entry(wildcards):
+def checkpoint_entry(wildcards, output):
+    """The registry entry of resources/checkpoints/{ckpt_file}. Taking ``output`` makes it a derived param, which
+    Snakemake leaves out of the params rerun trigger: editing an entry (notes, mirrors, pinning a digest) never re-runs
+    the download or the verification, and so never deletes a checkpoint or restamps it (every job using it would
+    rerun); a pinned digest the file does not have is caught by checkpoint_pin_change."""
     return CHECKPOINTS[checkpoint_name(wildcards)]
+
+
+def checkpoint_pin_change(wildcards):
+    """The registry's sha256 of the checkpoint when it differs from the digest its stamp records, else None: the
+    verification re-runs (and stops with an error naming the file) only when a pin disagrees with the file on disk,
+    never when the pin is the digest the file already has."""
+    pinned = CHECKPOINTS[checkpoint_name(wildcards)].get("sha256")
+    stamp = Path(f"resources/checkpoints/{wildcards.ckpt_file}.sha256")
+    if not pinned or not stamp.is_file():
+        return None
+    verified = (stamp.read_text().split() or [""])[0]
+    return None if verified == str(pinned).lower() else str(pinned).lower()
 
 
 def checkpoint_path(name):

@@ -18,9 +18,12 @@ localrules:
 ruleorder: download_checkpoint > train_model
 
 
+# The output is update(): Snakemake neither deletes an existing checkpoint before the job (the script verifies a file
+# that is present and never downloads over it) nor after a failure (it restores its backup), so no rerun, forced or
+# not, can leave the user without the file they had.
 rule download_checkpoint:
     output:
-        checkpoint="resources/checkpoints/{ckpt_file}",
+        checkpoint=update("resources/checkpoints/{ckpt_file}"),
     wildcard_constraints:
         ckpt_file=CHECKPOINT_FILES,
     params:
@@ -48,6 +51,7 @@ rule verify_checkpoint:
     params:
         name=checkpoint_name,
         entry=checkpoint_entry,
+        pin_change=checkpoint_pin_change,
         lock=CHECKPOINT_LOCK,
     log:
         "logs/download/{ckpt_file}.verify.log",
