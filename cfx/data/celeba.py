@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from cfx.data.image_check import check_index_images
+
 CELEBA_ATTRIBUTES = [
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
     "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin",
@@ -111,13 +113,15 @@ def _atomic_csv(frame: pd.DataFrame, path: Path) -> None:
 
 
 def build_index(root: Path, out_csv: Path) -> pd.DataFrame:
-    """Validate ``root`` and write ``index.csv``: image_id, path (absolute), partition, identity, 40 attributes."""
+    """Validate ``root`` and write ``index.csv``: image_id, path (absolute), partition, identity, 40 attributes.
+    Every image must decode (:func:`cfx.data.image_check.check_index_images`), else nothing is written."""
     root = Path(root).resolve()
     frame = read_celeba(root)
     paths = [root / IMAGE_DIR / image_id for image_id in frame["image_id"]]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise CelebALayoutError(f"{len(missing)} images listed in {root / ATTR_CSV} are missing, e.g. {missing[:3]}")
+    check_index_images(paths, out_csv)
     frame.insert(1, "path", [str(p) for p in paths])
     _atomic_csv(frame, Path(out_csv))
     return frame

@@ -32,6 +32,7 @@ import pandas as pd
 
 from cfx.data.celeba import CELEBA_ATTRIBUTES, PARTITION_CSV, _atomic_csv
 from cfx.data.celeba import build_index as build_celeba_index
+from cfx.data.image_check import check_index_images
 
 CELEBAHQ_ANNO, CELEBAHQ_MAPPING, CELEBAHQ_IMAGES = (
     "CelebAMask-HQ-attribute-anno.txt", "CelebA-HQ-to-CelebA-mapping.txt", "CelebA-HQ-img")
@@ -364,7 +365,9 @@ def read_flowers102(root: Path, key: str = "flowers102") -> pd.DataFrame:
 
 
 def build_layout_index(layout: str, root: Path, out_csv: Path, key: str = "") -> pd.DataFrame:
-    """Validate ``root`` in ``layout`` (one of LAYOUTS) and write ``index.csv`` (absolute image paths)."""
+    """Validate ``root`` in ``layout`` (one of LAYOUTS) and write ``index.csv`` (absolute image paths). Every image
+    must decode (:func:`cfx.data.image_check.check_index_images`, which lists those that do not), else nothing is
+    written."""
     if layout == "celeba":
         return build_celeba_index(root, out_csv)
     root = Path(root).resolve() if Path(root).exists() else Path(root)
@@ -390,6 +393,7 @@ def build_layout_index(layout: str, root: Path, out_csv: Path, key: str = "") ->
         frame = read_flowers102(root, key or "flowers102")
     else:
         raise ValueError(f"unknown dataset layout '{layout}'; known: {', '.join(LAYOUTS)}")
+    check_index_images(list(frame["path"]), out_csv)
     _atomic_csv(frame, Path(out_csv))
     return frame
 

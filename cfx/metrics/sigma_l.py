@@ -27,26 +27,22 @@ METADATA = MetricMetadata(
     networks=("lpips",),
 )
 VGG16_WEIGHTS = "vgg16-397923af.pth"  # torchvision's VGG-16 ImageNet file, which lpips.LPIPS(net='vgg') loads
+VGG16_SHA256_PREFIX = "397923af"  # the leading sha256 digits torchvision publishes in that file name
+VGG16_REGISTRY_FILE = "resources/checkpoints/torchvision_vgg16.pth"  # the paper suite's registry checkpoint
+LPIPS_VGG_HEADS = ("weights", "v0.1", "vgg.pth")  # the lpips package's linear heads, relative to its folder
 
 
 def load_lpips(ref: NetworkRef | None, device: str = "cpu") -> tuple[torch.nn.Module, str]:
     """LPIPS-VGG and its stand-in label. Kind ``lpips_vgg`` (or none): the paper's network; its VGG-16 trunk is
-    read from the network's checkpoint file when it has one (the paper suite's registry ``torchvision_vgg16``,
-    downloaded to ``resources/checkpoints``: :func:`load_lpips_vgg_weights`), else torchvision reads it from
-    ``$TORCH_HOME/hub/checkpoints`` (never downloaded here); kind ``lpips_random`` (mini): LPIPS's published linear
-    heads on a VGG-16 trunk with seeded random weights."""
-    import lpips
-
+    read weights-only (:func:`load_lpips_vgg_weights`) from the network's checkpoint file when it has one (the paper
+    suite's registry ``torchvision_vgg16``, downloaded to ``resources/checkpoints``), else from torchvision's file in
+    ``$TORCH_HOME/hub/checkpoints`` once its sha256 prefix checks out (:func:`cached_vgg16_weights`; never downloaded
+    here, and never through torch.hub's loader, which unpickles with ``weights_only=False``); kind ``lpips_random``
+    (mini): LPIPS's published linear heads on a VGG-16 trunk with seeded random weights."""
     kind = ref.kind if ref is not None else "lpips_vgg"
     if kind == "lpips_vgg":
-        if ref is not None and ref.path is not None:
-            return load_lpips_vgg_weights(ref.path).to(device).eval(), ""
-        weights = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_WEIGHTS
-        if not weights.exists():
-            raise FileNotFoundError(f"LPIPS-VGG needs torchvision's VGG-16 ImageNet weights at {weights} "
-                                    f"(https://download.pytorch.org/models/{VGG16_WEIGHTS}); set TORCH_HOME or put "
-                                    f"the file there")
-        return lpips.LPIPS(net="vgg", spatial=False, verbose=False).to(device).eval(), ""
+        path = ref.path if ref is not None and ref.path is not None else cached_vgg16_weights()
+        return load_lpips_vgg_weights(path).to(device).eval(), ""
     if kind == "lpips_random":
         seed = int(ref.spec.get("seed", 0))
         with torch.random.fork_rng(devices=[]):
@@ -57,13 +53,44 @@ def load_lpips(ref: NetworkRef | None, device: str = "cpu") -> tuple[torch.nn.Mo
                      f"lpips_random)")
 
 
+def cached_vgg16_weights() -> Path:
+    """torchvision's VGG-16 file in the torch hub cache (``torch.hub.get_dir()/checkpoints/vgg16-397923af.pth``),
+    checked against the sha256 prefix of its name: the trunk of an ``lpips_vgg`` network given without a file. A
+    missing file is a one-line error naming the ``--network`` option and where the file goes."""
+    from cfx.runtime.download import check_sha256, sha256_file
+
+    weights = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"LPIPS-VGG needs torchvision's VGG-16 ImageNet weights: pass the file with --network "
+            f"lpips=lpips_vgg:PATH (e.g. {VGG16_REGISTRY_FILE}, the registry checkpoint torchvision_vgg16: "
+            f"`cfx download torchvision_vgg16`), or put https://download.pytorch.org/models/{VGG16_WEIGHTS} at "
+            f"{weights} (set TORCH_HOME to move it)")
+    check_sha256(sha256_file(weights), VGG16_SHA256_PREFIX, str(weights), "its published file name")
+    return weights
+
+
 def _lpips_vgg_random_trunk() -> torch.nn.Module:
-    """``lpips.LPIPS(net='vgg')`` with its published linear heads and a randomly initialised VGG-16 trunk."""
+    """``lpips.LPIPS(net='vgg')`` with its published linear heads and a randomly initialised VGG-16 trunk. The
+    package's head file is read here, weights-only (``lpips.LPIPS(pretrained=True)`` would read it with a bare
+    ``torch.load``, whose ``weights_only`` default an environment variable can turn off)."""
     import lpips
+
+    from cfx.runtime.checkpoints import load_checkpoint, load_state_dict_strict
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*", category=UserWarning)
-        return lpips.LPIPS(net="vgg", pnet_rand=True, spatial=False, verbose=False)
+        net = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, spatial=False, verbose=False)
+    heads_path = Path(lpips.__file__).parent.joinpath(*LPIPS_VGG_HEADS)
+    heads = load_checkpoint(heads_path, "the lpips package's LPIPS-VGG linear heads")
+    expected = {f"lin{k}.model.1.weight" for k in range(len(net.lins))}
+    if not isinstance(heads, dict) or set(heads) != expected:
+        found = sorted(heads)[:10] if isinstance(heads, dict) else type(heads).__name__
+        raise ValueError(f"{heads_path} is not LPIPS-VGG's linear heads (expected {sorted(expected)}, got {found}): "
+                         f"reinstall the lpips package")
+    for k, head in enumerate(net.lins):  # net.lins[k] is net.lin{k}
+        load_state_dict_strict(head, {"model.1.weight": heads[f"lin{k}.model.1.weight"]}, heads_path, f"lin{k}")
+    return net.eval()
 
 
 def load_lpips_vgg_weights(path: str | Path) -> torch.nn.Module:

@@ -159,8 +159,9 @@ def load_gcd_chexpert_classifier(path: str | Path, **arch) -> GCDCheXpertClassif
         except ValueError as err:
             if "weights-only" not in str(err):
                 raise
-            raise ValueError(f"{err}. If it is a training checkpoint with pickled objects besides the weights, keep "
-                             f"only those once: torch.save({{'state_dict': torch.load(p, weights_only=False)"
+            raise ValueError(f"{err}. If it is a training checkpoint with pickled objects besides the weights, and "
+                             f"only for a file from a source you trust (unpickling can run arbitrary code), keep "
+                             f"only the weights once: torch.save({{'state_dict': torch.load(p, weights_only=False)"
                              f"['state_dict']}}, p)") from err
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         keys = list(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cfx.runtime.files import chmod_like_new_file
+
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name the file and what to do.
@@ -33,12 +35,13 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
 
 def save_checkpoint_atomic(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a reader (or a job killed
-    mid-write) never leaves half a checkpoint under ``path``."""
+    mid-write) never leaves half a checkpoint under ``path``. The file's mode follows the umask (0o644 under 022)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
+        chmod_like_new_file(tmp)  # mkstemp's 0o600 would shut the group out of a shared checkpoint folder
         torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -47,6 +47,8 @@ from typing import Any, BinaryIO, NamedTuple
 
 import yaml
 
+from cfx.runtime.files import chmod_like_new_file
+
 log = logging.getLogger(__name__)
 
 DEFAULT_DIR = Path("resources/checkpoints")
@@ -126,10 +128,12 @@ def _backoff_delay(backoff: float, attempt: int) -> float:
 
 @contextlib.contextmanager
 def _temp_file(directory: Path, name: str, suffix: str) -> Iterator[Path]:
-    """A temporary file ``.<name>.<random><suffix>`` in ``directory``, removed on exit unless moved away."""
+    """A temporary file ``.<name>.<random><suffix>`` in ``directory``, removed on exit unless moved away; its mode
+    follows the umask like any file cfx writes (mkstemp's owner-only 0o600 would reach the destination)."""
     handle, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=directory)
     os.close(handle)
     try:
+        chmod_like_new_file(tmp)
         yield Path(tmp)
     finally:
         Path(tmp).unlink(missing_ok=True)
