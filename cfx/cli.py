@@ -4,28 +4,101 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import click
 
-from cfx.suite import experiment_layout, image_targets_file, load_suite, method_settings, section_entry
+from cfx.runtime.download import DownloadError
+from cfx.suite import SuiteError, experiment_layout, image_targets_file, load_suite, method_settings, section_entry
 
-REPO_SUITES = Path(__file__).resolve().parent.parent / "workflow" / "suites"
+log = logging.getLogger(__name__)
+
+PACKAGE_SUITES = Path(__file__).resolve().parent.parent / "workflow" / "suites"
+# what a user gets wrong (a name, a file, a download): one line on stderr, the traceback only with -v.
+# DownloadError covers ChecksumError; SuiteError is a ValueError.
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, KeyError, FileNotFoundError, DownloadError)
+
+
+def find_checkout(start: Path | None = None) -> Path | None:
+    """The cfx checkout holding ``start`` (default: the working directory): the first of it and its parents with a
+    ``Snakefile`` and a ``workflow/suites/`` folder, or None."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "Snakefile").is_file() and (folder / "workflow" / "suites").is_dir():
+            return folder
+    return None
+
+
+def suite_file(name_or_path: str) -> Path:
+    """The suite file ``--suite`` names: a path as given; a bare name (``mini``) the checkout's
+    ``workflow/suites/NAME.yaml`` when the working directory is inside a cfx checkout, else the package's copy."""
+    path = Path(name_or_path)
+    if path.suffix or path.parent != Path("."):
+        return path
+    checkout = find_checkout()
+    folder = checkout / "workflow" / "suites" if checkout else PACKAGE_SUITES
+    path = folder / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none"
+        raise SuiteError(f"suite '{name_or_path}' not found: {path} does not exist; known suites in {folder}: {known}")
+    return path
 
 
 def _suite(name_or_path: str, scale: str) -> dict:
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = REPO_SUITES / f"{name_or_path}.yaml"
+    path = suite_file(name_or_path)
+    log.info("suite %s from %s", name_or_path, path)
+    if path != Path(name_or_path):  # a bare name: say which copy was read
+        click.echo(f"cfx: suite {name_or_path} from {path}", err=True)
     return load_suite(path, scale)
 
 
-suite_option = click.option("--suite", default="mini", show_default=True, help="Suite name or suite YAML path.")
+def _error_message(err: BaseException) -> str:
+    """The user-facing text of ``err`` (a KeyError's message without the quotes ``str`` adds)."""
+    if isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
+        return err.args[0]
+    return str(err) or type(err).__name__
+
+
+class UserError(click.ClickException):
+    """An expected error shown as one line, ``cfx: error: MESSAGE``, exit status 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"cfx: error: {self.format_message()}", file=file or sys.stderr)
+
+
+class CfxGroup(click.Group):
+    """The ``cfx`` group: a user error of any subcommand becomes :class:`UserError` (one line) unless ``-v`` asked
+    for the traceback; click's usage errors keep click's handling."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as err:
+            if ctx.params.get("verbose"):
+                raise
+            raise UserError(_error_message(err)) from err
+
+
+def package_version() -> str:
+    """The installed cfx distribution's version, or "unknown" outside an installation."""
+    try:
+        return version("cfx")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+suite_option = click.option("--suite", default="mini", show_default=True,
+                            help="Suite name (workflow/suites/NAME.yaml of the checkout holding the working "
+                                 "directory, else of the package) or suite YAML path.")
 scale_option = click.option("--scale", default="default", show_default=True, help="Suite scale (default, ci).")
 
 
-@click.group()
-@click.option("-v", "--verbose", is_flag=True, help="Log progress messages.")
+@click.group(cls=CfxGroup)
+@click.version_option(package_version(), "--version", prog_name="cfx")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress messages; show the traceback of errors.")
 def main(verbose: bool) -> None:
     """cfx: reproduce visual counterfactual explanation papers (DiME, ACE, LDCE, GCD, SVCE)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -177,7 +250,8 @@ def _gcd_setup(suite: str, scale: str, experiment: str, checkpoint_dir: Path, di
     lpips = method_network(spec, "gcd", "lpips")
     if lpips and lpips["checkpoint"]:
         checkpoints["lpips"] = checkpoint_dir / Path(lpips["checkpoint"]).name
-    return exp, method_spec, {n: section_entry(spec, "models", n) for n in names}, checkpoints
+    models = {n: section_entry(spec, "models", n) for n in names}
+    return exp, method_spec, models, checkpoints, experiment_layout(spec, experiment)
 
 
 @gcd.command("direction")
@@ -195,10 +269,9 @@ def gcd_direction_cmd(suite, scale, experiment, index_csv, checkpoint_dir, diffa
     """Search GCD directions around the experiment's source image and write the chosen one."""
     from cfx.steps import gcd_direction
 
-    exp, method_spec, models, checkpoints = _gcd_setup(suite, scale, experiment, checkpoint_dir, diffae)
+    exp, method_spec, models, checkpoints, layout = _gcd_setup(suite, scale, experiment, checkpoint_dir, diffae)
     record = gcd_direction(experiment=exp, method_spec=method_spec, model_specs=models, index_csv=index_csv,
-                           checkpoints=checkpoints, out_path=out, seed=seed, device=device,
-                           layout=experiment_layout(_suite(suite, scale), experiment))
+                           checkpoints=checkpoints, out_path=out, seed=seed, device=device, layout=layout)
     click.echo(json.dumps(record["chosen"], indent=1))
 
 
@@ -219,11 +292,10 @@ def gcd_bblig_cmd(suite, scale, experiment, index_csv, checkpoint_dir, diffae, d
     """BB-LIG maps of the experiment's first images along a GCD direction."""
     from cfx.steps import gcd_bblig
 
-    exp, method_spec, models, checkpoints = _gcd_setup(suite, scale, experiment, checkpoint_dir, diffae)
+    exp, method_spec, models, checkpoints, layout = _gcd_setup(suite, scale, experiment, checkpoint_dir, diffae)
     checkpoints["direction"] = direction
     rows = gcd_bblig(experiment=exp, method_spec=method_spec, model_specs=models, index_csv=index_csv,
-                     checkpoints=checkpoints, out_dir=out, n_images=n_images, device=device,
-                     layout=experiment_layout(_suite(suite, scale), experiment))
+                     checkpoints=checkpoints, out_dir=out, n_images=n_images, device=device, layout=layout)
     click.echo(json.dumps(rows, indent=1))
 
 
@@ -377,8 +449,7 @@ def figure(tree, method, table_csv, out, n_images, radii) -> None:
 def download_cmd(names, suite, scale, list_only, fetch_all, directory, lock_path, retries, backoff) -> None:
     """Download and verify registry checkpoints NAMES into DIR/NAME.EXT (a file already there is verified, never
     downloaded again; a digest the registry lacks is recorded in the lock file at first use and enforced after)."""
-    from cfx.runtime.download import DownloadError, fetch_checkpoint, registry_status
-    from cfx.suite import SuiteError
+    from cfx.runtime.download import fetch_checkpoint, registry_status
 
     spec = _suite(suite, scale)
     registry = spec.get("checkpoints") or {}

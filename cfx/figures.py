@@ -109,11 +109,9 @@ def table_figure(table_csv: Path, out_path: Path, *, title: str = "") -> Path:
     if labels:
         fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     stand_ins = sorted({s for s in df["stand_ins"].dropna() if s})
-    fig.suptitle(title or Path(table_csv).stem, fontsize=10)
-    if stand_ins:
-        fig.text(0.5, 0.94, "mini stand-in networks: see the table's stand_ins column", ha="center", fontsize=7,
-                 color="dimgray")
-    fig.tight_layout(rect=(0, 0.06, 1, 0.93))
+    subtitle = "mini stand-in networks: see the table's stand_ins column" if stand_ins else ""
+    header_bottom = _draw_header(fig, title or Path(table_csv).stem, subtitle)
+    fig.tight_layout(rect=(0, 0.06, 1, header_bottom))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.stem}.tmp{os.getpid()}{out_path.suffix}")
@@ -121,6 +119,23 @@ def table_figure(table_csv: Path, out_path: Path, *, title: str = "") -> Path:
     plt.close(fig)
     os.replace(tmp, out_path)
     return out_path
+
+
+def _draw_header(fig: plt.Figure, title: str, subtitle: str = "", *, gap_points: float = 4.0) -> float:
+    """Draw ``title`` at the top of ``fig`` and ``subtitle`` (if any) below it, each placed from the measured height
+    of the text above (a fixed figure fraction overlaps on short figures); return the figure fraction under both,
+    the top of the rect to lay the panels out in."""
+    renderer = fig.canvas.get_renderer()
+    gap = gap_points / 72 / fig.get_figheight()  # points -> figure fraction
+
+    def bottom(text: plt.Text) -> float:
+        return float(text.get_window_extent(renderer).transformed(fig.transFigure.inverted()).y0)
+
+    # in_layout=False: tight_layout would reserve the title's height a second time under the rect's top
+    below = bottom(fig.suptitle(title, fontsize=10, y=1 - gap, va="top", in_layout=False))
+    if subtitle:
+        below = bottom(fig.text(0.5, below - gap / 2, subtitle, ha="center", va="top", fontsize=7, color="dimgray"))
+    return below - gap
 
 
 def _radius_trees(tree_root: Path, method: str) -> list[tuple[float, dict[str, dict]]]:
