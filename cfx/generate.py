@@ -41,7 +41,14 @@ from cfx.data.minival import SUBSETS, read_subset_ids
 from cfx.data.wordnet import SVCE_CLUSTER_TARGETS
 from cfx.io.images import save_image_atomic
 from cfx.io.tree import OutputTree, read_info, write_dime_summary
-from cfx.methods import generated_results, get_method, implementation, output_format, uses_ddpm
+from cfx.methods import (
+    batch_size_matters,
+    generated_results,
+    get_method,
+    implementation,
+    output_format,
+    uses_ddpm,
+)
 from cfx.runtime.device import select_device, set_threads
 from cfx.runtime.precision import apply_precision, resolve_precision
 from cfx.runtime.seeding import image_generators
@@ -434,7 +441,8 @@ def generate_chunk(
     # what the images depend on; a rerun with anything else (Snakemake reruns the job for changed params, inputs or
     # code) regenerates the chunk instead of keeping images made with the old settings
     signature = {"method": method, "seed": seed, "precision": resolve_precision(precision, _device_type(device)),
-                 "settings": {k: v for k, v in method_spec.items() if k != "batch_size"},
+                 "settings": {k: v for k, v in method_spec.items()
+                              if k != "batch_size" or batch_size_matters(method, method_spec["config"])},
                  "experiment": {k: v for k, v in experiment.items() if k != "max_images"},
                  "checkpoints": checkpoint_identities(checkpoints)}
     stems = [tree.stem(i) for i in positions]

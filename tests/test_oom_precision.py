@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from cfx.data.celeba import build_index
 from cfx.data.synthetic import write_synthetic_celeba
@@ -18,6 +19,7 @@ from cfx.methods import dime
 from cfx.models.adm import create_model
 from cfx.models.classifier import DenseNetClassifier, save_celeba_classifier
 from cfx.runtime.precision import apply_precision, resolve_precision
+from cfx.runtime.retry import NotRetried, is_out_of_memory, retry_only_out_of_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
@@ -96,6 +98,36 @@ def test_oom_fails_the_chunk_keeps_finished_images_and_the_halved_retry_complete
                 assert got[key] == value, (want["stem"], key)
 
 
+def test_a_batch_dependent_method_regenerates_when_only_its_batch_size_changes(setup, tmp_path):
+    """ACE's results depend on the batch (cfx.methods.batch_size_matters): its chunk signature holds the batch size,
+    so a rerun with another one regenerates instead of labelling old images with the new batch size; DiME's do not
+    (test_rerun_with_other_settings_or_networks_regenerates_the_chunk_and_a_resume_keeps_it)."""
+    kwargs = _kwargs(setup, tmp_path / "tree")
+    kwargs.update(method="ace", manifest_path=tmp_path / "tree" / "chunks" / "ace" / "0-of-1.json",
+                  method_spec={"timestep_respacing": "20", "batch_size": 2, "ext": "png",
+                               "config": {"attack_iterations": 1, "sampling_time_fraction": 0.1}})
+    assert generate_chunk(**kwargs)["generated_now"] == 6
+    assert generate_chunk(**kwargs)["generated_now"] == 0
+    rerun = generate_chunk(**{**kwargs, "method_spec": {**kwargs["method_spec"], "batch_size": 3}})
+    assert rerun["generated_now"] == 6 and rerun["batch_size"] == 3
+
+
+def test_only_out_of_memory_errors_are_retried(tmp_path):
+    output = tmp_path / "chunks" / "0-of-1.json"
+    with pytest.raises(torch.cuda.OutOfMemoryError), retry_only_out_of_memory(output, 1):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with retry_only_out_of_memory(output, 2):  # an OOM leaves no marker: the retry runs
+        pass
+    with pytest.raises(ValueError), retry_only_out_of_memory(output, 1):
+        raise ValueError("image x.jpg is corrupt")
+    with pytest.raises(NotRetried, match="x.jpg is corrupt"), retry_only_out_of_memory(output, 2):
+        raise AssertionError("the body of a retry that cannot help must not run")
+    with retry_only_out_of_memory(output, 1):  # a new run starts afresh
+        pass
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"))
+    assert not is_out_of_memory(RuntimeError("size mismatch for weight"))
+
+
 def test_precision_resolution_and_conversion():
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "fp16"
@@ -153,6 +185,14 @@ if os.environ.get("CFX_TEST_OOM_ABOVE") and sys.argv and "generate" in os.path.b
         return _real(images, *args, **kwargs)
 
     dime.generate = _generate
+
+if os.environ.get("CFX_TEST_FAIL") and sys.argv and "generate" in os.path.basename(sys.argv[0]):
+    import cfx.methods.dime as dime
+
+    def _failing(*args, **kwargs):
+        raise ValueError("simulated: not a memory error")
+
+    dime.generate = _failing
 """
 
 
@@ -170,8 +210,9 @@ def test_generate_rule_retries_an_oom_with_half_the_batch(tmp_path):
     env = {**os.environ, "CFX_TEST_OOM_ABOVE": "2",
            "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     target = "results/cf/celeba_smile/chunks/dime/0-of-2.json"
-    result = subprocess.run([sys.executable, "-m", "snakemake", target, "--cores", "2", "--config", "scale=ci"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+    ace_target = "results/cf/celeba_smile/chunks/ace/0-of-2.json"
+    result = subprocess.run([sys.executable, "-m", "snakemake", target, ace_target, "--cores", "2", "--config",
+                             "scale=ci"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     (tmp_path / "snakemake.out").write_text(output)
@@ -179,6 +220,29 @@ def test_generate_rule_retries_an_oom_with_half_the_batch(tmp_path):
     assert "batch_divisor=2" in output
     manifest = json.loads((tmp_path / target).read_text())
     assert manifest["batch_size"] == 2 and manifest["n"] == 3
+
+    # the batch size: DiME's images do not depend on it, so changing it re-runs nothing (no merge or metric either);
+    # ACE's do (cfx.methods.batch_size_matters), so its chunk is planned again and its images regenerated
+    suite_path = tmp_path / "workflow" / "suites" / "mini.yaml"
+    suite = yaml.safe_load(suite_path.read_text())
+    for method in ("dime", "ace"):
+        suite["scales"]["ci"]["methods"][method]["batch_size"] = 3
+    suite_path.write_text(yaml.safe_dump(suite, sort_keys=False))  # params are compared by repr: keep the key order
+    planned = subprocess.run([sys.executable, "-m", "snakemake", "-n", target, ace_target, "--config", "scale=ci"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    plan = planned.stdout + planned.stderr
+    assert planned.returncode == 0, plan[-3000:]
+    assert "method=ace" in plan and "method=dime" not in plan, plan[-3000:]
+
+    # a failure other than out of memory is not retried: attempts 2-4 stop at once, naming the first error
+    failed = subprocess.run([sys.executable, "-m", "snakemake", "-f", target, "--cores", "1", "--config", "scale=ci"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**env, "CFX_TEST_OOM_ABOVE": "", "CFX_TEST_FAIL": "1"})
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0
+    assert "attempt 2 not run: an earlier attempt failed" in output, output[-4000:]
+    assert "simulated: not a memory error" in output
+    assert (tmp_path / "results" / "cf" / "celeba_smile" / "Results" / "dime").is_dir()  # the images are kept
 
 
 def test_rerun_with_other_settings_or_networks_regenerates_the_chunk_and_a_resume_keeps_it(setup, tmp_path):

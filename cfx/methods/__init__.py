@@ -31,6 +31,13 @@ NO_DDPM = frozenset({"svce", "gcd", "ldce"})
 OWN_MODEL_KEY = {"gcd": "diffae", "ldce": "ldm"}
 
 
+# Whether a method's results depend on its batch size, from its config (torch-free, for planning): ACE's classification
+# loss is averaged over the batch (ACE core/attacks_and_models.py), so its l1 weight relative to it changes with the
+# batch; LDCE's binary log-likelihood is a batch mean too, which its per-image norm matching (enforce_same_norms, on in
+# every shipped config) cancels. Every other method works per image with per-image random streams.
+BATCH_DEPENDENT = {"ace": lambda config: True, "ldce": lambda config: not config.get("enforce_same_norms", True)}
+
+
 # Methods whose suite entries may not have variants: their further rules (GCD's direction search and BB-LIG) are
 # written for the method's own name
 NO_VARIANTS = {"gcd": "GCD's direction and BB-LIG rules"}
@@ -80,6 +87,14 @@ def output_format(name: str) -> tuple[str, str]:
 def own_model_key(name: str | None) -> str | None:
     """The suite key naming the network ``name`` brings (:data:`OWN_MODEL_KEY`), or None."""
     return OWN_MODEL_KEY.get(implementation(name)) if name else None
+
+
+def batch_size_matters(name: str, config: dict[str, Any]) -> bool:
+    """Whether ``name``'s counterfactuals depend on its ``batch_size`` (:data:`BATCH_DEPENDENT`). Where they do, the
+    batch size is a generation setting like any other (a change regenerates the chunk); where they do not, changing
+    it re-runs nothing."""
+    rule = BATCH_DEPENDENT.get(implementation(name))
+    return bool(rule and rule(config or {}))
 
 
 def uses_ddpm(method: str | None) -> bool:

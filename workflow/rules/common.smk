@@ -2,8 +2,6 @@
 import re
 from pathlib import Path
 
-from snakemake.utils import validate
-
 from cfx.data.layouts import download_hint
 from cfx.data.ldce_targets import (
     LDCE_CLASS_NAMES_FILE,
@@ -16,8 +14,9 @@ from cfx.data.ldce_targets import (
 from cfx.data.minival import SUBSETS
 from cfx.data.wordnet import SVCE_CLUSTER_TARGETS, SVCE_HIERARCHY_PATHS
 from cfx.metrics import METRICS
-from cfx.methods import implementation, own_model_key, uses_ddpm
+from cfx.methods import batch_size_matters, implementation, own_model_key, uses_ddpm
 from cfx.runtime.download import checkpoint_filename
+from cfx.schema import validate as validate_schema
 
 from cfx.suite import (
     experiment_layout,
@@ -35,10 +34,10 @@ from cfx.suite import (
 )
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+validate_schema(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml", "config")
 
 SUITE = load_suite(Path(workflow.basedir) / "workflow" / "suites" / f"{config['suite']}.yaml", config["scale"])
-validate(SUITE, schema="../schemas/suite.schema.yaml")
+validate_schema(SUITE, Path(workflow.basedir) / "workflow" / "schemas" / "suite.schema.yaml", SUITE["_path"])
 
 CHUNKS = int(config["chunks"])
 TABLES = list(config["tables"]) or list(SUITE["tables"])
@@ -161,8 +160,18 @@ def method_spec(wildcards):
 
 
 def generation_method_spec(wildcards):
-    """The method's settings without its post-processing, so post-processing changes never re-run generation."""
-    return {k: v for k, v in method_spec(wildcards).items() if k != "postprocess"}
+    """The method's settings without its post-processing, so post-processing changes never re-run generation, and
+    without the batch size where the method's results do not depend on it (cfx.methods.batch_size_matters):
+    changing it then re-runs nothing, merges and metrics included (generation_batch_size passes it)."""
+    spec = method_spec(wildcards)
+    dropped = {"postprocess"} | (set() if batch_size_matters(wildcards.method, spec["config"]) else {"batch_size"})
+    return {k: v for k, v in spec.items() if k not in dropped}
+
+
+def generation_batch_size(wildcards, output):
+    """The method's batch size. Taking ``output`` makes it a derived param, which Snakemake leaves out of the params
+    rerun trigger; where the batch size matters it is in generation_method_spec as well."""
+    return int(method_spec(wildcards).get("batch_size", 16))
 
 
 def ace_spec(wildcards):

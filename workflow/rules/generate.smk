@@ -13,6 +13,7 @@ rule generate:
         experiment=experiment_params,
         layout=experiment_dataset_layout,
         method=generation_method_spec,
+        batch_size=generation_batch_size,
         models=generation_models,
         seed=experiment_seed,
         device=config["device"],
