@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 SUITE_SECTIONS = ("datasets", "models", "methods", "experiments", "tables")
+# Names that become path segments (results/cf/{experiment}/, resources/checkpoints/{name}.{ext}, Results/{method}/,
+# results/tables/{table}.csv, ...): letters, digits, '_' and '-', starting with a letter or digit, so that no name from
+# a suite file can reach outside the project ('..', '/', absolute paths) or into a hidden file
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+SAFE_EXTENSION = re.compile(r"[a-z0-9]+(\.[a-z0-9]+)*")
+NAMED_SECTIONS = (*SUITE_SECTIONS, "checkpoints", "metrics", "figures")
 
 
 class SuiteError(ValueError):
@@ -47,10 +54,57 @@ def load_suite(path: str | Path, scale: str | None = None) -> dict[str, Any]:
     suite["_path"] = str(path)
     suite["_scale"] = scale or "default"
     suite["metrics"] = suite.get("metrics") or {}
+    check_names(suite, path)
     _check_metric_names(suite, path)
     _check_image_sizes(suite, path)
     add_seed_experiments(suite)
     return suite
+
+
+def check_name(name: Any, where: str) -> str:
+    """``name`` if it is a safe path segment (:data:`SAFE_NAME`), else a :class:`SuiteError` naming ``where``."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise SuiteError(f"{where}: name {name!r} is not allowed: names become file and folder names, so use only "
+                         f"letters, digits, '_' and '-', starting with a letter or digit")
+    return name
+
+
+def check_names(suite: dict, path: str | Path) -> None:
+    """Every name a suite defines or refers to that becomes part of a path (:data:`NAMED_SECTIONS`, the experiments
+    and methods of tables, figures and experiments, the datasets, networks and sigma_l runs they name, checkpoint
+    extensions) is a :data:`SAFE_NAME`; the workflow and every ``cfx`` command load suites through here."""
+    for section in NAMED_SECTIONS:
+        entries = suite.get(section) or {}
+        if not isinstance(entries, dict):
+            raise SuiteError(f"{path}: section '{section}' must be a mapping of names to entries")
+        for name in entries:
+            check_name(name, f"{path}: {section}")
+    for name, entry in (suite.get("checkpoints") or {}).items():
+        ext = str((entry or {}).get("ext") or "pt")
+        if not SAFE_EXTENSION.fullmatch(ext):
+            raise SuiteError(f"{path}: checkpoints: {name}: ext {ext!r} is not allowed (lower-case letters and digits, "
+                             f"dot-separated, e.g. pt or pth.tar)")
+    for section, keys in (("models", ("dataset", "init")), ("methods", ("classifier", "diffae", "ldm"))):
+        for name, entry in (suite.get(section) or {}).items():
+            for key in keys:
+                if isinstance(entry, dict) and isinstance(entry.get(key), str):
+                    check_name(entry[key], f"{path}: {section}: {name}: {key}")
+    for name, experiment in (suite.get("experiments") or {}).items():
+        for key in ("dataset", "classifier", "ddpm"):
+            if (experiment or {}).get(key) is not None:
+                check_name(experiment[key], f"{path}: experiments: {name}: {key}")
+        for method in (experiment or {}).get("methods") or []:
+            check_name(method, f"{path}: experiments: {name}: methods")
+    for name, table in (suite.get("tables") or {}).items():
+        for experiment in ((table or {}).get("tasks") or {}).values():
+            check_name(experiment, f"{path}: tables: {name}: tasks")
+        for method in (table or {}).get("methods") or []:
+            check_name(method, f"{path}: tables: {name}: methods")
+    for experiment, methods in (suite.get("figures") or {}).items():
+        for method in methods or []:
+            check_name(method, f"{path}: figures: {experiment}")
+    for experiment in ((suite.get("metrics") or {}).get("sigma_l") or {}).get("experiments") or []:
+        check_name(experiment, f"{path}: metrics: sigma_l: experiments")
 
 
 def _check_metric_names(suite: dict, path: Path) -> None:
