@@ -49,7 +49,9 @@ def _plan(text: str) -> tuple[Counter, dict[str, list[str]]]:
             rule = match.group(1)
             counts[rule] += 1
         elif rule and line.strip().startswith("output:"):
-            outputs.setdefault(rule, []).extend(p.strip() for p in line.split(":", 1)[1].split(","))
+            # a flagged output is shown with its flag: "resources/checkpoints/x.pt (update)"
+            outputs.setdefault(rule, []).extend(p.strip().removesuffix(" (update)")
+                                                for p in line.split(":", 1)[1].split(","))
     return counts, outputs
 
 
