@@ -44,6 +44,24 @@ def candidate_devices(visible: str | None, device_count: int) -> list[str]:
     return [str(i) for i in range(device_count)]
 
 
+def visible_gpu_count(visible: str | None = None, dev: str | Path = "/dev") -> int:
+    """GPUs a job on this machine may use, without importing torch or starting CUDA: the entries of
+    CUDA_VISIBLE_DEVICES when it is set (CUDA stops at the first invalid entry such as -1), else the NVIDIA device
+    files ``/dev/nvidia<N>``. The default profile (profiles/default/config.yaml) makes this the ``gpu`` resource, so
+    ``snakemake --cores all`` never starts more GPU jobs than there are GPUs."""
+    if visible is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        count = 0
+        for entry in visible.split(","):
+            entry = entry.strip()
+            if not entry or entry.startswith("-") or entry == "NoDevFiles":
+                break
+            count += 1
+        return count
+    return sum(1 for path in Path(dev).glob("nvidia*") if path.name[len("nvidia"):].isdigit())
+
+
 def lease_gpu(*, visible: str | None = None, device_count: int | None = None, lock_dir: Path | None = None,
               timeout: float = 600.0, poll: float = 1.0, set_env: bool = False) -> GpuLease | None:
     """Lease one free device, waiting up to ``timeout`` seconds; ``None`` when the machine has no GPU.
