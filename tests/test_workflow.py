@@ -74,6 +74,18 @@ def test_unknown_table_target_is_refused(tmp_path):
     assert "table99" in result.stdout + result.stderr
 
 
+def test_a_table_of_another_suite_names_that_suite(tmp_path):
+    """The targeted rerun the README shows, in the default (mini) suite: an error naming the suite that defines
+    table6 and the option selecting it, not Snakemake's "No rule to produce"."""
+    wf = _copy_workflow(tmp_path)
+    result = _run(["-n", "results/tables/table6.csv"], wf)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "table 'table6' is not in suite mini" in output and "--config suite=paper" in output, output[-2000:]
+    planned = _run(["-n", "results/tables/table1.csv", "--quiet", "rules"], wf)  # the mini suite's own table
+    assert planned.returncode == 0 and "table_in_another_suite" not in planned.stdout + planned.stderr
+
+
 @pytest.mark.slow
 def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
     wf = _copy_workflow(tmp_path)

@@ -339,6 +339,26 @@ def svce_class_names(wildcards):
     return [f"not {attribute}", attribute]
 
 
+# Table names the active suite does not define, for the table_in_another_suite rule: a name that is not one of its tables
+# followed by a character no name has (the wildcard is matched inside the whole path, where $ is not its end)
+OTHER_TABLES = r"(?!(?:" + "|".join(SUITE["tables"] or ["NONE"]) + r")(?![A-Za-z0-9_-]))[A-Za-z0-9_-]+"
+
+
+def table_not_in_suite(wildcards):
+    """Stop the plan of results/tables/{other_table}.csv with the suites that define the table (and how to select
+    one), or the tables of the active suite when no suite defines it."""
+    table = wildcards.other_table
+    suites_dir = Path(workflow.basedir) / "workflow" / "suites"
+    defining = sorted(p.stem for p in suites_dir.glob("*.yaml") if table in (load_suite(p).get("tables") or {}))
+    known = ", ".join(SUITE["tables"]) or "none"
+    if defining:
+        raise ValueError(
+            f"table '{table}' is not in suite {config['suite']} (its tables: {known}); suite {', '.join(defining)} "
+            f"defines it: snakemake results/tables/{table}.csv --config suite={defining[0]}"
+        )
+    raise ValueError(f"no suite in {suites_dir} defines table '{table}'; suite {config['suite']} has: {known}")
+
+
 def table_spec(wildcards):
     return section_entry(SUITE, "tables", wildcards.table)
 

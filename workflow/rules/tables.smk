@@ -25,6 +25,24 @@ rule table:
         "../scripts/table.py"
 
 
+# `snakemake results/tables/table6.csv` with a suite that has no table6: instead of "No rule to produce", an error
+# that names the suites defining it and the --config suite=... to select one (table_not_in_suite in common.smk)
+rule table_in_another_suite:
+    input:
+        table_not_in_suite,
+    output:
+        csv="results/tables/{other_table}.csv",
+    wildcard_constraints:
+        other_table=OTHER_TABLES,
+    log:
+        "logs/tables/{other_table}.log",
+    localrule: True
+    conda:
+        ENV
+    shell:
+        "exit 1"
+
+
 rule grid_figure:
     input:
         merged="results/cf/{experiment}/{method}.merged.json",
