@@ -339,8 +339,8 @@ def svce_class_names(wildcards):
     return [f"not {attribute}", attribute]
 
 
-# Table names the active suite does not define, for the table_in_another_suite rule: a name that is not one of its tables
-# followed by a character no name has (the wildcard is matched inside the whole path, where $ is not its end)
+# Table names the active suite does not define, for the table_in_another_suite rule: a name that is not one of its
+# tables followed by a character no name has (the wildcard is matched inside the whole path, where $ is not its end)
 OTHER_TABLES = r"(?!(?:" + "|".join(SUITE["tables"] or ["NONE"]) + r")(?![A-Za-z0-9_-]))[A-Za-z0-9_-]+"
 
 
