@@ -88,6 +88,36 @@ def test_classification_term_scales_with_one_over_batch_like_upstream(tiny):
                        torch.full_like(x[0], 1e-3))
 
 
+def test_batch_reference_gives_every_batch_size_the_results_of_that_batch(tiny):
+    """ACE's dependence on the batch is the 1/B of the batch-mean classification loss (the summed l1 term has none):
+    with batch_reference R each image gets the gradient of a batch of R, so one batch of 4, or one image at a time,
+    reproduces upstream's attack run in batches of 2 (batch_reference null)."""
+    from cfx.methods.ace import attack
+
+    unet, diffusion = tiny
+    torch.manual_seed(3)
+    x = torch.rand(4, 3, 16, 16)
+    targets = torch.ones(4)
+    config = {"attack_iterations": 4, "attack_step": 5.0, "dist_l1": 0.0035, "sampling_time_fraction": 0.06}
+
+    def run(batch: int, reference: int | None) -> torch.Tensor:
+        out = []
+        for start in range(0, 4, batch):
+            stems = list(range(start, start + batch))
+            out.append(attack(x[start:start + batch], targets[start:start + batch], unet=unet, diffusion=diffusion,
+                              classifier01=lambda z: RedClassifier()(2 * z - 1),
+                              config={**config, "batch_reference": reference},
+                              generators=image_generators(4, "ace", stems)))
+        return torch.cat(out)
+
+    upstream_at_2 = run(2, None)
+    assert not torch.equal(run(4, None), upstream_at_2)  # the faithful default depends on the batch
+    torch.testing.assert_close(run(4, 2), upstream_at_2, rtol=0, atol=1e-6)
+    torch.testing.assert_close(run(1, 2), upstream_at_2, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="batch_reference"):
+        classification_loss(torch.zeros(2), torch.ones(2), False, batch_reference=0)
+
+
 def test_mask_dilation_and_threshold_on_a_hand_made_image():
     x = torch.zeros(1, 3, 9, 9)
     pe = x.clone()

@@ -31,11 +31,15 @@ NO_DDPM = frozenset({"svce", "gcd", "ldce"})
 OWN_MODEL_KEY = {"gcd": "diffae", "ldce": "ldm"}
 
 
-# Whether a method's results depend on its batch size, from its config (torch-free, for planning): ACE's classification
-# loss is averaged over the batch (ACE core/attacks_and_models.py), so its l1 weight relative to it changes with the
-# batch; LDCE's binary log-likelihood is a batch mean too, which its per-image norm matching (enforce_same_norms, on in
-# every shipped config) cancels. Every other method works per image with per-image random streams.
-BATCH_DEPENDENT = {"ace": lambda config: True, "ldce": lambda config: not config.get("enforce_same_norms", True)}
+# Whether a method's results depend on its batch size, from its config (torch-free, for planning): ACE's PGD / GD
+# classification loss is averaged over the batch (ACE core/attacks_and_models.py), so its l1 weight relative to it
+# changes with the batch, unless batch_reference fixes the divisor (CW sums its loss); LDCE's binary log-likelihood
+# is a batch mean too, which its per-image norm matching (enforce_same_norms, on in every shipped config) cancels.
+# Every other method works per image with per-image random streams.
+BATCH_DEPENDENT = {
+    "ace": lambda config: config.get("attack_method", "PGD") != "CW" and config.get("batch_reference") is None,
+    "ldce": lambda config: not config.get("enforce_same_norms", True),
+}
 
 
 # Methods whose suite entries may not have variants: their further rules (GCD's direction search and BB-LIG) are

@@ -4,7 +4,10 @@ Faithful to ``guillaumejs2403/ACE`` ``main.py`` and ``core/attacks_and_models.py
 §2): a PGD attack on ``x ∈ [0,1]`` against ``C(F_τ(x'))``, where the filter ``F_τ`` noises ``2x−1`` to
 respaced index K−1 and denoises K steps (stochastically, fresh noise at every evaluation); the
 classification loss is averaged over the batch while the l1 distance is summed, so results depend on the
-batch size as upstream's do. The pre-explanation is then post-processed (:func:`postprocess`): a mask from
+batch size as upstream's do: each image's classifier gradient carries a factor 1/B, so a batch of B weighs the l1
+term B times more (a partial last batch, or a retry with half the batch, included). ``batch_reference: R`` (not
+upstream) sums the classification loss over the batch and divides it by R instead: every image then gets exactly
+the gradient it has in a full batch of R, whatever the batch holds, so large batches give the results of batch R. The pre-explanation is then post-processed (:func:`postprocess`): a mask from
 the normalised, dilated ``|x − PE|``, RePaint-style replacement of the kept region at every step, and a final
 paste of the original.
 
@@ -41,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "sampling_dilation": 15,
     "checkpoint_backward_steps": None,
     "multiclass": False,
+    # None: upstream's batch mean; R: Σ over the batch / R, the gradient of a batch of R for every image (PGD, GD)
+    "batch_reference": None,
 }
 ATTACKS = ("PGD", "GD", "CW")
 
@@ -79,11 +84,21 @@ def filter_steps(unet, diffusion, k: int, noise: torch.Tensor, stochastic: bool)
     return [first] + [lambda z, j=j: denoise(z, j) for j in range(1, k)]
 
 
-def classification_loss(logits: torch.Tensor, targets: torch.Tensor, multiclass: bool) -> torch.Tensor:
-    """Upstream's criterion: BCEWithLogits (binary) or CrossEntropy (multiclass), mean over the batch."""
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor, multiclass: bool,
+                        batch_reference: int | None = None) -> torch.Tensor:
+    """Upstream's criterion: BCEWithLogits (binary) or CrossEntropy (multiclass), mean over the batch
+    (``core/attacks_and_models.py``, reference/dime_ace.md §2.3); with ``batch_reference`` R the sum over the batch
+    divided by R, so each image's gradient is the one it has in a batch of R whatever the batch size."""
+    reduction = "mean" if batch_reference is None else "sum"
     if multiclass:
-        return F.cross_entropy(logits, targets.long())
-    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+        loss = F.cross_entropy(logits, targets.long(), reduction=reduction)
+    else:
+        loss = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction=reduction)
+    if batch_reference is None:
+        return loss
+    if int(batch_reference) < 1:
+        raise ValueError(f"ACE batch_reference must be a positive batch size or null, got {batch_reference!r}")
+    return loss / int(batch_reference)
 
 
 def chained_gradient(functions: list[Callable], x: torch.Tensor,
@@ -169,7 +184,7 @@ def attack(images01: torch.Tensor, targets: torch.Tensor, *, unet, diffusion, cl
         logits = classifier01((z + 1) / 2) if cfg["attack_joint"] else classifier01(z)
         if method == "CW":
             return cw_loss(logits, targets, bool(cfg["multiclass"]))
-        return classification_loss(logits, targets, bool(cfg["multiclass"]))
+        return classification_loss(logits, targets, bool(cfg["multiclass"]), cfg["batch_reference"])
 
     def gradient(x_adv: torch.Tensor) -> torch.Tensor:
         if cfg["attack_joint"]:
