@@ -7,7 +7,8 @@ classification loss is averaged over the batch while the l1 distance is summed, 
 batch size as upstream's do: each image's classifier gradient carries a factor 1/B, so a batch of B weighs the l1
 term B times more (a partial last batch, or a retry with half the batch, included). ``batch_reference: R`` (not
 upstream) sums the classification loss over the batch and divides it by R instead: every image then gets exactly
-the gradient it has in a full batch of R, whatever the batch holds, so large batches give the results of batch R. The pre-explanation is then post-processed (:func:`postprocess`): a mask from
+the gradient it has in a full batch of R, whatever the batch holds, so large batches give the results of batch R.
+The pre-explanation is then post-processed (:func:`postprocess`): a mask from
 the normalised, dilated ``|x − PE|``, RePaint-style replacement of the kept region at every step, and a final
 paste of the original.
 
