@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cfx.timings import write_timings
+
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -141,6 +143,12 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
         assert (wf / f"results/figures/{experiment}/ldce_grid.png").stat().st_size > 1000
     for log in ("logs/train/mini_ddpm.log", "logs/generate/celeba_smile/dime/0-of-2.log", "logs/tables/table1.log"):
         assert (wf / log).exists(), log
+    # every rule that ran wrote its benchmark file, and cfx timings sums them per rule
+    ran = {"synth_dataset", "index_dataset", "train_model", "gcd_direction", "gcd_bblig", "generate", "ace_postprocess",
+           "merge_chunks", "metric", "grid_figure", "svce_figure", "table", "table_figure"}
+    summary, _ = write_timings(wf / "results/benchmarks", wf / "results/timings")
+    assert set(summary["rule"]) == ran | {"total"}
+    assert summary.set_index("rule").loc["generate", "jobs"] == 28 and (summary["wall_s"] > 0).all()
     # nothing left to do on a rerun
     again = _run(["--cores", "2", "--config", "scale=ci", "-n"], wf)
     assert "Nothing to be done" in again.stdout + again.stderr

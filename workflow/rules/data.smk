@@ -11,6 +11,8 @@ rule synth_dataset:
         synthetic=synthetic_params,
     log:
         "logs/data/synth_{dataset}.log",
+    benchmark:
+        "results/benchmarks/synth_dataset/{dataset}.tsv"
     conda:
         ENV
     script:
@@ -28,6 +30,8 @@ rule index_dataset:
         key=lambda wildcards: wildcards.dataset,
     log:
         "logs/data/index_{dataset}.log",
+    benchmark:
+        "results/benchmarks/index_dataset/{dataset}.tsv"
     conda:
         ENV
     script:

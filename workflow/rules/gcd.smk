@@ -22,6 +22,8 @@ rule gcd_direction:
         gpu=1,
     log:
         "logs/gcd_direction/{experiment}.log",
+    benchmark:
+        "results/benchmarks/gcd_direction/{experiment}.tsv"
     conda:
         ENV
     script:
@@ -50,6 +52,8 @@ rule gcd_bblig:
         gpu=1,
     log:
         "logs/gcd_bblig/{experiment}.log",
+    benchmark:
+        "results/benchmarks/gcd_bblig/{experiment}.tsv"
     conda:
         ENV
     script:

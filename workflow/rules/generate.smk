@@ -25,6 +25,8 @@ rule generate:
     retries: 3
     log:
         "logs/generate/{experiment}/{method}/{chunk}-of-{chunks}.log",
+    benchmark:
+        "results/benchmarks/generate/{experiment}/{method}/{chunk}-of-{chunks}.tsv"
     conda:
         ENV
     script:
@@ -53,6 +55,8 @@ rule ace_postprocess:
     retries: 3
     log:
         "logs/ace_postprocess/{experiment}/{method}/{chunk}-of-{chunks}.log",
+    benchmark:
+        "results/benchmarks/ace_postprocess/{experiment}/{method}/{chunk}-of-{chunks}.tsv"
     conda:
         ENV
     script:
@@ -68,6 +72,8 @@ rule merge_chunks:
         sanity=sanity_params,
     log:
         "logs/merge/{experiment}/{method}.log",
+    benchmark:
+        "results/benchmarks/merge_chunks/{experiment}/{method}.tsv"
     conda:
         ENV
     script:

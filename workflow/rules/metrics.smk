@@ -13,6 +13,8 @@ rule metric:
         gpu=metric_gpu,
     log:
         "logs/metrics/{experiment}/{method}/{metric}.log",
+    benchmark:
+        "results/benchmarks/metric/{experiment}/{method}/{metric}.tsv"
     conda:
         ENV
     script:

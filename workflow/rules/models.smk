@@ -15,6 +15,8 @@ rule train_model:
     threads: 4
     log:
         "logs/train/{model}.log",
+    benchmark:
+        "results/benchmarks/train_model/{model}.tsv"
     conda:
         ENV
     script:

@@ -35,6 +35,8 @@ rule download_checkpoint:
     retries: 1
     log:
         "logs/download/{ckpt_file}.log",
+    benchmark:
+        "results/benchmarks/download_checkpoint/{ckpt_file}.tsv"
     conda:
         ENV
     script:
@@ -55,6 +57,8 @@ rule verify_checkpoint:
         lock=CHECKPOINT_LOCK,
     log:
         "logs/download/{ckpt_file}.verify.log",
+    benchmark:
+        "results/benchmarks/verify_checkpoint/{ckpt_file}.verify.tsv"
     conda:
         ENV
     script:
@@ -79,6 +83,8 @@ rule fetch_ldce_targets:
     retries: 1
     log:
         "logs/download/ldce_targets.log",
+    benchmark:
+        "results/benchmarks/fetch_ldce_targets/ldce_targets.tsv"
     conda:
         ENV
     script:
@@ -97,6 +103,8 @@ rule fetch_ldce_pets:
     retries: 1
     log:
         "logs/download/ldce_pets.log",
+    benchmark:
+        "results/benchmarks/fetch_ldce_pets/ldce_pets.tsv"
     conda:
         ENV
     script:
@@ -115,6 +123,8 @@ rule fetch_ldce_flowers:
     retries: 1
     log:
         "logs/download/ldce_flowers.log",
+    benchmark:
+        "results/benchmarks/fetch_ldce_flowers/ldce_flowers.tsv"
     conda:
         ENV
     script:
@@ -131,6 +141,8 @@ rule fetch_svce_hierarchy:
     retries: 1
     log:
         "logs/download/svce_hierarchy.log",
+    benchmark:
+        "results/benchmarks/fetch_svce_hierarchy/svce_hierarchy.tsv"
     conda:
         ENV
     script:
@@ -145,6 +157,8 @@ rule fetch_dime_minival:
     retries: 1
     log:
         "logs/download/dime_minival.log",
+    benchmark:
+        "results/benchmarks/fetch_dime_minival/dime_minival.tsv"
     conda:
         ENV
     script:

@@ -19,6 +19,8 @@ rule table:
         scale=SUITE["_scale"],
     log:
         "logs/tables/{table}.log",
+    benchmark:
+        "results/benchmarks/table/{table}.tsv"
     conda:
         ENV
     script:
@@ -36,6 +38,8 @@ rule table_in_another_suite:
         other_table=OTHER_TABLES,
     log:
         "logs/tables/{other_table}.log",
+    benchmark:
+        "results/benchmarks/table_in_another_suite/{other_table}.tsv"
     localrule: True
     conda:
         ENV
@@ -57,6 +61,8 @@ rule grid_figure:
         n_images=8,
     log:
         "logs/figures/{experiment}/{method}_grid.log",
+    benchmark:
+        "results/benchmarks/grid_figure/{experiment}/{method}_grid.tsv"
     conda:
         ENV
     script:
@@ -77,6 +83,8 @@ rule table_figure:
         title=lambda wildcards: table_spec(wildcards)["title"],
     log:
         "logs/figures/tables/{table}.log",
+    benchmark:
+        "results/benchmarks/table_figure/tables/{table}.tsv"
     conda:
         ENV
     script:
@@ -98,6 +106,8 @@ rule svce_figure:
         class_names=svce_class_names,
     log:
         "logs/figures/{experiment}/svce_radii.log",
+    benchmark:
+        "results/benchmarks/svce_figure/{experiment}/svce_radii.tsv"
     conda:
         ENV
     script:
