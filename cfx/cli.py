@@ -503,5 +503,49 @@ def bench(method, size, device, n_images, batch_size, options, max_steps, checkp
     click.echo(f"wrote {path}")
 
 
+@main.command("estimate")
+@click.argument("targets", nargs=-1, required=True)
+@suite_option
+@scale_option
+@click.option("--bench", "bench_path", type=click.Path(path_type=Path),
+              help="A cfx bench JSON or a folder of them [default: benchmarks/h100 of the checkout cfx runs from].")
+@click.option("--chunks", type=click.IntRange(min=1),
+              help="Generation chunks per (experiment, method) [default: config.yaml's chunks, else 2].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+              help="UNet precision of generation [default: config.yaml's, else auto = fp16 on CUDA].")
+@click.option("--compile/--no-compile", "compile_unet", default=None,
+              help="torch.compile in generation [default: config.yaml's compile, else off].")
+@click.option("--out", default="results/estimates", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for TABLES.csv, TABLES.txt (the printed text) and TABLES.json.")
+def estimate_cmd(targets, suite, scale, bench_path, chunks, precision, compile_unet, out) -> None:
+    """GPU-hours of the generation jobs of table TARGETS (results/tables/TABLE.csv) from cfx bench JSONs, per rule,
+    method and experiment, before any dataset is downloaded."""
+    from cfx.estimate import DEFAULT_BENCH, estimate, workflow_settings
+
+    spec = _suite(suite, scale)
+    settings = workflow_settings(find_checkout())
+    text, _, paths = estimate(
+        spec, list(targets), bench_path or DEFAULT_BENCH, chunks=int(chunks or settings["chunks"]),
+        precision=precision or str(settings["precision"]),
+        compile_unet=bool(settings["compile"]) if compile_unet is None else compile_unet, out_dir=out,
+    )
+    click.echo(text, nl=False)
+    click.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+@main.command("timings")
+@click.option("--benchmarks", default="results/benchmarks", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="The benchmark files every rule writes.")
+@click.option("--out", default="results/timings", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for summary.csv, jobs.csv, summary.md and summary.png.")
+def timings_cmd(benchmarks: Path, out: Path) -> None:
+    """Where a workflow run's time went: jobs, wall and CPU seconds, peak memory and share per rule."""
+    from cfx.timings import markdown_table, write_timings
+
+    summary, paths = write_timings(benchmarks, out)
+    click.echo(markdown_table(summary), nl=False)
+    click.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
 if __name__ == "__main__":
     main()

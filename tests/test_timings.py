@@ -53,3 +53,17 @@ def test_no_benchmarks_and_a_foreign_file_are_clear_errors(tmp_path):
     (tmp_path / "rule" / "x.tsv").write_text("a\tb\n1\t2\n")
     with pytest.raises(ValueError, match=r"x\.tsv is not a Snakemake benchmark file"):
         read_benchmarks(tmp_path)
+
+
+def test_cli_prints_the_summary_and_writes_the_files(tmp_path):
+    from click.testing import CliRunner
+
+    from cfx.cli import main
+
+    write_benchmarks(tmp_path / "bench")
+    result = CliRunner().invoke(main, ["timings", "--benchmarks", str(tmp_path / "bench"), "--out",
+                                       str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "| train_model | 1 | 100.0 |" in result.output and (tmp_path / "out" / "summary.png").exists()
+    empty = CliRunner().invoke(main, ["timings", "--benchmarks", str(tmp_path / "none")])
+    assert empty.exit_code == 1 and "no benchmark files" in empty.output
