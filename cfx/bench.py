@@ -22,6 +22,15 @@ For ACE every variant runs with each ``checkpoint_backward_steps`` setting (``no
 K filter steps; ``b`` = the chunked recomputation of :func:`cfx.methods.ace.chained_gradient`), giving peak
 memory and time per image for both. ``max_steps`` shortens a schedule (DiME: τ, ACE: PGD iterations) so the paper
 configuration can be smoke-tested on a CPU; the JSON records it and extrapolates to the full schedule.
+
+FLOPs and the share of the device's peak (issue #21): every network pass — UNet forward, UNet backward (the input
+gradient through autograd), classifier forward/backward, DiME's VGG forward/backward — is counted once per image at
+the configuration's resolution by :func:`cfx.flops.pass_flops` (``torch.utils.flop_counter.FlopCounterMode`` on a
+meta copy) and multiplied by the passes the counting wrappers saw, giving FLOPs per image of the whole run; with the
+images per second and the UNet's own forward and backward seconds this gives achieved TFLOP/s, compared with the
+device's dense peak in the run's precision (datasheet for known GPUs, else a measured large matmul;
+:mod:`cfx.flops`). Host-side noise: ``cfx.runtime.seeding.randn_per_image`` (per-image CPU generators, draws moved
+to the device) is wrapped during each run to time its calls and count its draws.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import contextlib
 import copy
 import ctypes
 import datetime
+import functools
 import gc
 import json
 import os
@@ -46,7 +56,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-BENCH_VERSION = 1
+BENCH_VERSION = 1  # bump when a field changes meaning; FLOPs, share of peak and noise fields (#21) were only added
 REPO = Path(__file__).resolve().parent.parent
 MINI_SUITE = REPO / "workflow" / "suites" / "mini.yaml"
 
@@ -189,10 +199,27 @@ def build_models(setup: BenchSetup, device: torch.device, seed: int = 0) -> dict
     return models
 
 
+class _BackwardMark(torch.autograd.Function):
+    """Identity whose backward calls ``mark(device)``: on the UNet's output it marks the gradient's arrival, on
+    its input the gradient's departure, so the time between is the UNet's backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, mark: Any) -> torch.Tensor:
+        ctx.mark = mark
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        ctx.mark(grad.device)
+        return grad, None
+
+
 class CountingUNet(nn.Module):
     """The UNet as the methods call it, with a speed variant's input format and autocast, counting forwards per
     image (``forwards``), those recorded by autograd (``backwards``: each is back-propagated once) and calls, and
-    timing its forwards (``forward_seconds``; on CUDA with a synchronisation around each call).
+    timing its forwards (``forward_seconds``; on CUDA with a synchronisation around each call) and the backwards
+    autograd runs through it (``backward_seconds``: from the gradient reaching its output to the input gradient,
+    synchronised on CUDA; autograd runs one UNet backward at a time in the methods' chains).
     The output is float32, as the fp32 UNet's."""
 
     def __init__(self, unet: nn.Module, autocast_dtype: torch.dtype | None = None,
@@ -205,14 +232,29 @@ class CountingUNet(nn.Module):
 
     def reset(self) -> None:
         self.calls = self.forwards = self.backwards = 0
-        self.forward_seconds = 0.0
+        self.forward_seconds = self.backward_seconds = 0.0
+        self._backward_starts: list[float] = []
+
+    def _backward_start(self, device: torch.device) -> None:
+        _sync(device)
+        self._backward_starts.append(time.perf_counter())
+
+    def _backward_stop(self, device: torch.device) -> None:
+        _sync(device)
+        if self._backward_starts:
+            self.backward_seconds += time.perf_counter() - self._backward_starts.pop()
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        tracked = torch.is_grad_enabled() and x.requires_grad
+        if tracked:
+            x = _BackwardMark.apply(x, self._backward_stop)
         _sync(x.device)
         started = time.perf_counter()
         out = self._forward(x, timesteps, **kwargs)
         _sync(x.device)
         self.forward_seconds += time.perf_counter() - started
+        if tracked and out.requires_grad:
+            out = _BackwardMark.apply(out, self._backward_start)
         return out
 
     def _forward(self, x: torch.Tensor, timesteps: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -227,6 +269,77 @@ class CountingUNet(nn.Module):
         with context:
             out = self.unet(x, timesteps, **kwargs)
         return out.float()
+
+
+class CountingNet(nn.Module):
+    """A network the method calls besides the UNet (classifier, DiME's perceptual features), counting images per
+    forward (``forwards``) and those recorded by autograd with an input that needs a gradient (``backwards``: each
+    is back-propagated once by the methods)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.reset()
+
+    def reset(self) -> None:
+        self.forwards = self.backwards = 0
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        self.forwards += x.shape[0]
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.backwards += x.shape[0]
+        return self.net(x, *args, **kwargs)
+
+
+class NoiseTimer:
+    """Times ``cfx.runtime.seeding.randn_per_image`` while the block runs: every ``cfx`` module that imported it
+    calls a wrapper that adds the call's wall seconds (on CUDA synchronised before and after the call, so GPU work
+    queued before it is not counted; the copy from pageable host memory waits for it anyway), the calls, the draws
+    (one per generator, i.e. per image) and the numbers drawn. The original function is restored on exit."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = 0.0
+        self.calls = self.draws = self.numbers = 0
+        self._patched: list[Any] = []
+
+    def __enter__(self) -> NoiseTimer:
+        from cfx.runtime import seeding
+
+        original = seeding.randn_per_image
+
+        @functools.wraps(original)
+        def timed(generators: list[torch.Generator], shape_per_image: tuple[int, ...], *args: Any,
+                  **kwargs: Any) -> torch.Tensor:
+            _sync(self.device)
+            started = time.perf_counter()
+            out = original(generators, shape_per_image, *args, **kwargs)
+            _sync(out.device)
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
+            self.draws += len(generators)
+            self.numbers += out.numel()
+            return out
+
+        self._original = original
+        self._patched = [module for name, module in list(sys.modules.items())
+                         if (name == "cfx" or name.startswith("cfx.")) and module is not None
+                         and getattr(module, "randn_per_image", None) is original]
+        for module in self._patched:
+            module.randn_per_image = timed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for module in self._patched:
+            module.randn_per_image = self._original
+
+    def fields(self, images: int, seconds: float) -> dict[str, Any]:
+        """The run's noise entry: totals, per image and the share of the run's wall time."""
+        return {"seconds": round(self.seconds, 4), "calls": self.calls, "draws": self.draws,
+                "draws_per_image": self.draws / images, "numbers_per_image": self.numbers / images,
+                "seconds_per_image": self.seconds / images, "share_of_time": self.seconds / seconds,
+                "measure": "wall seconds inside cfx.runtime.seeding.randn_per_image (CPU draws, stacking, copy to "
+                           "the device); CUDA: synchronised before and after each call"}
 
 
 def parse_variants(options: str, device: torch.device) -> list[tuple[str, ...]]:
@@ -365,9 +478,12 @@ def run_method(setup: BenchSetup, models: dict[str, Any], images: torch.Tensor, 
         config["checkpoint_backward_steps"] = checkpoint_steps
     device = images.device
     unet.reset()
+    nets = {name: models[name] for name in ("classifier", "perceptual") if isinstance(models.get(name), CountingNet)}
+    for net in nets.values():
+        net.reset()
     seconds_post = 0.0
     attempts, flipped = [], 0
-    with PeakMemory(device) as memory:
+    with PeakMemory(device) as memory, NoiseTimer(device) as noise:
         _sync(device)
         started = time.perf_counter()
         bar = tqdm(total=len(images), desc=desc or setup.method, unit="img", disable=not progress, leave=False)
@@ -404,7 +520,12 @@ def run_method(setup: BenchSetup, models: dict[str, Any], images: torch.Tensor, 
         "unet_backwards": unet.backwards,
         "unet_forwards_per_image": unet.forwards / n,
         "unet_forward_seconds": round(unet.forward_seconds, 4),
+        "unet_backward_seconds": round(unet.backward_seconds, 4),
         "unet_passes_per_s": unet.forwards / seconds,
+        "passes_per_image": {"unet_forward": unet.forwards / n, "unet_backward": unet.backwards / n,
+                             **{f"{name}_{kind}": getattr(net, f"{kind}s") / n for name, net in nets.items()
+                                for kind in ("forward", "backward")}},
+        "noise": noise.fields(n, seconds),
         "peak_memory_bytes": memory.peak,
         "baseline_memory_bytes": memory.baseline,
         "peak_memory_above_baseline_bytes": max(0, memory.peak - memory.baseline),
@@ -445,6 +566,125 @@ def full_schedule_estimate(setup: BenchSetup, result: dict[str, Any], checkpoint
             "unet_backwards_per_image": full * k,
             "estimated_seconds_per_image": (result["seconds_attack"] * full / run + result["seconds_postprocess"]) / n,
             "how": "attack seconds x full/run PGD iterations + post-processing seconds, per image"}
+
+
+def count_pass_flops(setup: BenchSetup, models: dict[str, Any]) -> dict[str, Any]:
+    """FLOPs per image of each network pass the method runs (``unet_forward``, ``unet_backward``,
+    ``classifier_forward`` … ``perceptual_backward``), counted on one image at the configuration's resolution by
+    :func:`cfx.flops.pass_flops` on the fp32 eager networks (every speed variant computes the same products).
+    ``flops_per_pass`` is None and ``error`` says why when counting fails."""
+    from cfx.flops import pass_flops
+
+    shape = [1, 3, setup.image_size, setup.image_size]
+    x = torch.zeros(shape)
+    networks: dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]] = {
+        "unet": (models["unet"], (x, torch.zeros(1, dtype=torch.long))), "classifier": (models["classifier"], (x,))}
+    if "perceptual" in models:
+        networks["perceptual"] = (models["perceptual"], (x,))
+    per_pass: dict[str, int] = {}
+    counting: dict[str, Any] = {
+        "how": "torch.utils.flop_counter.FlopCounterMode on one image (batch 1) at the configuration's resolution: "
+               "matmul, bmm, convolution and attention ops and their backward, 2 FLOPs per multiply-add; element-wise "
+               "ops and normalisations are not counted. Backward = the input gradient with frozen weights",
+        "image_shape": shape, "networks": {}, "error": None}
+    try:
+        for name, (module, inputs) in networks.items():
+            module = module.net if isinstance(module, CountingNet) else module
+            module = module.unet if isinstance(module, CountingUNet) else module
+            counted = pass_flops(module, inputs)
+            per_pass[f"{name}_forward"], per_pass[f"{name}_backward"] = counted["forward"], counted["backward"]
+            counting["networks"][name] = {"counted_on": counted["counted_on"], "ops": counted["ops"]}
+    except Exception as error:  # recorded: the timings stay valid without FLOPs
+        counting["error"] = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+        return {"flops_per_pass": None, "flops_counting": counting}
+    return {"flops_per_pass": per_pass, "flops_counting": counting}
+
+
+def variant_precision(parts: tuple[str, ...], device: torch.device) -> str:
+    """The precision the UNet's products run in: ``fp16``/``bf16`` for those options; else ``tf32`` on a CUDA GPU
+    of compute capability ≥ 8.0 while ``torch.backends.cudnn.allow_tf32`` is on (torch's default: float32
+    convolutions, the bulk of the UNet's FLOPs, use TF32 tensor cores) and ``fp32`` otherwise."""
+    for part in parts:
+        if part in PRECISION_OPTIONS:
+            return "fp16" if PRECISION_OPTIONS[part] == torch.float16 else "bf16"
+    if device.type == "cuda" and torch.backends.cudnn.allow_tf32 and torch.cuda.get_device_capability(device)[0] >= 8:
+        return "tf32"
+    return "fp32"
+
+
+def device_peak(device: torch.device, precision: str) -> dict[str, Any]:
+    """The dense peak TFLOP/s of ``device`` in ``precision``: the datasheet figure of a known GPU
+    (:data:`cfx.flops.GPU_PEAKS`), else the measured large-matmul throughput (:func:`cfx.flops.measure_matmul_tflops`,
+    always measured and recorded). ``tflops`` is None, with a ``reason``, when neither is available."""
+    from cfx.flops import datasheet_peaks, measure_matmul_tflops
+
+    entry = datasheet_peaks(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    peak: dict[str, Any] = {"precision": precision, "tflops": None, "source": None, "reason": None,
+                            "datasheet": None, "measured_matmul": None}
+    if entry is not None:
+        peak["datasheet"] = {"name": entry["name"], "tflops": entry.get(precision), "source": entry["source"]}
+    try:
+        peak["measured_matmul"] = measure_matmul_tflops(device, precision)
+    except Exception as error:  # e.g. a dtype this device's BLAS lacks
+        peak["measured_matmul"] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
+    if entry is not None and entry.get(precision):
+        peak.update(tflops=float(entry[precision]), source=f"datasheet: {entry['source']} ({entry['name']}, "
+                                                             f"{precision} dense)")
+    elif peak["measured_matmul"] and peak["measured_matmul"].get("tflops"):
+        measured = peak["measured_matmul"]
+        peak.update(tflops=measured["tflops"], source=f"measured: best of {measured['repeats']} {measured['size']}x"
+                                                      f"{measured['size']} {measured['dtype']} matmuls on this device "
+                                                      "before the runs")
+    else:
+        peak["reason"] = (f"no datasheet {precision} peak for this device and the matmul measurement failed: "
+                          f"{(peak['measured_matmul'] or {}).get('error')}")
+    return peak
+
+
+def throughput(result: dict[str, Any], flops_per_pass: dict[str, int] | None, peak: dict[str, Any],
+               counting_error: str | None = None) -> dict[str, Any]:
+    """``flops_per_image`` (total and per pass kind: FLOPs per pass × passes per image), ``achieved_tflops``
+    (``method``: FLOPs per image × images/s; ``unet``: the UNet's FLOPs over its forward + backward seconds;
+    ``unet_forward``, ``unet_backward``) and ``share_of_peak`` (``method``, ``unet``: achieved / ``peak``)."""
+    share: dict[str, Any] = {"method": None, "unet": None, "peak_tflops": peak.get("tflops"),
+                             "precision": peak.get("precision"), "peak_source": peak.get("source"), "reason": None}
+    if flops_per_pass is None:
+        share["reason"] = f"FLOPs were not counted ({counting_error})"
+        return {"flops_per_image": None, "achieved_tflops": None, "share_of_peak": share}
+    passes = result["passes_per_image"]
+    per_image = {kind: passes[kind] * flops_per_pass[kind] for kind in passes if kind in flops_per_pass}
+    per_image = {"total": sum(per_image.values()), **per_image}
+    n = result["images"]
+
+    def tflops(flops: float, seconds: float) -> float | None:
+        return flops / seconds / 1e12 if seconds > 0 and flops > 0 else None
+
+    achieved = {
+        "method": per_image["total"] * result["images_per_s"] / 1e12,
+        "unet": tflops((per_image["unet_forward"] + per_image["unet_backward"]) * n,
+                       result["unet_forward_seconds"] + result["unet_backward_seconds"]),
+        "unet_forward": tflops(per_image["unet_forward"] * n, result["unet_forward_seconds"]),
+        "unet_backward": tflops(per_image["unet_backward"] * n, result["unet_backward_seconds"]),
+    }
+    if peak.get("tflops"):
+        for key in ("method", "unet"):
+            share[key] = achieved[key] / peak["tflops"] if achieved[key] is not None else None
+    else:
+        share["reason"] = peak.get("reason") or "no peak for this device"
+    return {"flops_per_image": per_image, "achieved_tflops": achieved, "share_of_peak": share}
+
+
+def full_schedule_flops(setup: BenchSetup, result: dict[str, Any], flops_per_pass: dict[str, int]) -> float:
+    """FLOPs per image of the full schedule (DiME: per attempt): the UNet passes of :func:`full_schedule_estimate`
+    × FLOPs per pass, plus this run's other networks' FLOPs scaled linearly by full / run steps."""
+    full, run = setup.schedule["full"], setup.schedule["run"]
+    per_image, schedule = result["flops_per_image"], result["full_schedule"]
+    other = sum(v for k, v in per_image.items() if k != "total" and not k.startswith("unet_")) * full / run
+    if setup.method == "dime":
+        return (schedule["unet_forwards_per_image_per_attempt"] * flops_per_pass["unet_forward"]
+                + other / result["attempts_mean"])
+    return (schedule["unet_forwards_per_image"] * flops_per_pass["unet_forward"]
+            + schedule["unet_backwards_per_image"] * flops_per_pass["unet_backward"] + other)
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
@@ -517,7 +757,13 @@ def run_bench(method: str, size: str = "mini", *, device: str = "auto", n_images
         ckpt_settings = [None if s.strip().lower() == "none" else int(s) for s in checkpoint_steps.split(",")]
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     models = build_models(setup, torch_device, seed)
+    counted = count_pass_flops(setup, models)
+    flops_per_pass = counted["flops_per_pass"]
+    for name in ("classifier", "perceptual"):
+        if name in models:
+            models[name] = CountingNet(models[name])
     base = models["unet"]
+    peaks: dict[str, dict[str, Any]] = {}
     images = (torch.rand(n, 3, setup.image_size, setup.image_size, generator=torch.Generator().manual_seed(seed))
               * 2 - 1).to(torch_device)
     check_x, check_t = _check_inputs(setup, models, batch, torch_device)
@@ -541,6 +787,13 @@ def run_bench(method: str, size: str = "mini", *, device: str = "auto", n_images
             run_models = {**models, "unet": variant}
             label = f"{method} {name}" + (f" ckpt={ckpt}" if method == "ace" else "")
             result = run_method(setup, run_models, images, batch, seed, ckpt, progress=progress, desc=label)
+            precision = variant_precision(parts, torch_device)
+            if precision not in peaks:
+                peaks[precision] = device_peak(torch_device, precision)
+            result.update(throughput(result, flops_per_pass, peaks[precision], counted["flops_counting"]["error"]))
+            if flops_per_pass is not None:
+                key = "estimated_flops_per_image" + ("_per_attempt" if method == "dime" else "")
+                result["full_schedule"][key] = full_schedule_flops(setup, result, flops_per_pass)
             run = {**entry, "status": "ok", **result}
             if method == "ace":
                 run["checkpoint_backward_steps"] = ckpt
@@ -562,6 +815,8 @@ def run_bench(method: str, size: str = "mini", *, device: str = "auto", n_images
                      "weights": "random (zero-initialised layers re-initialised)", "images": "uniform random"},
         "memory_measure": next((r["memory_measure"] for r in runs if r["status"] == "ok"), None),
         "equality_reference": "fp32 eager UNet (einsum attention), same inputs; max|out - ref| / max|ref|",
+        **counted,
+        "peaks": peaks,
         "runs": runs,
     }
     path = Path(out)
@@ -587,4 +842,23 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"  {run['options']}{ckpt}: {run['images_per_s']:.4g} img/s, {run['seconds_per_image']:.4g} "
                      f"s/img, {run['unet_passes_per_s']:.4g} UNet forwards/s, peak {peak:.0f} MiB (+{above:.0f} MiB "
                      f"over the start), equality err {run['equality']['output_rel_err']:.2g}")
+        lines.append("    " + _flops_line(run))
     return lines
+
+
+def _flops_line(run: dict[str, Any]) -> str:
+    share = run["share_of_peak"]
+    noise = run["noise"]
+    noise = f"noise {noise['seconds_per_image']:.3g} s/img ({100 * noise['share_of_time']:.1f} % of the time)"
+    if run["flops_per_image"] is None:
+        return f"FLOPs not counted ({share['reason']}); {noise}"
+    achieved = run["achieved_tflops"]
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.2g} %"
+
+    unet = "n/a" if achieved["unet"] is None else f"{achieved['unet']:.3g}"
+    peak = (f"of {share['peak_tflops']:.3g} TFLOP/s {share['precision']} ({share['peak_source'].split(':')[0]})"
+            if share["peak_tflops"] else f"(no peak: {share['reason']})")
+    return (f"{run['flops_per_image']['total'] / 1e9:.4g} GFLOP/img, {achieved['method']:.3g} TFLOP/s "
+            f"({pct(share['method'])}), UNet {unet} TFLOP/s ({pct(share['unet'])}) {peak}; {noise}")
