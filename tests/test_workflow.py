@@ -143,6 +143,11 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
         assert (wf / f"results/figures/{experiment}/ldce_grid.png").stat().st_size > 1000
     for log in ("logs/train/mini_ddpm.log", "logs/generate/celeba_smile/dime/0-of-2.log", "logs/tables/table1.log"):
         assert (wf / log).exists(), log
+    # logs are line-oriented (progress bars as plain lines) and hold cfx's own log records
+    logs = list((wf / "logs").rglob("*.log"))
+    assert logs and not [log for log in logs if "\r" in log.read_text()]
+    assert "INFO cfx.generate: chunk 0/2: 3 images" in (wf / "logs/generate/celeba_smile/dime/0-of-2.log").read_text()
+    assert "[train_model mini_ddpm] train ddpm" in result.stderr  # progress on the terminal running snakemake
     # every rule that ran wrote its benchmark file, and cfx timings sums them per rule
     ran = {"synth_dataset", "index_dataset", "train_model", "gcd_direction", "gcd_bblig", "generate", "ace_postprocess",
            "merge_chunks", "metric", "grid_figure", "svce_figure", "table", "table_figure"}

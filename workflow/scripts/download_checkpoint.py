@@ -1,13 +1,11 @@
 """Rule download_checkpoint: fetch one registry checkpoint, verified (cfx download NAME)."""
-import logging
 import os
-import sys
 from pathlib import Path
 
 from cfx.runtime.download import fetch_checkpoint
+from cfx.runtime.logs import log_to_rule_log
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+log_to_rule_log(snakemake)
 out = Path(snakemake.output.checkpoint)
 path = fetch_checkpoint(
     snakemake.params.name,

@@ -1,10 +1,10 @@
 """Rule gcd_bblig: BB-LIG maps along an experiment's GCD direction (cfx.steps.gcd_bblig)."""
-import sys
 from pathlib import Path
 
+from cfx.runtime.logs import log_to_rule_log
 from cfx.steps import gcd_bblig
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+log_to_rule_log(snakemake)
 gcd_bblig(
     experiment=snakemake.params.experiment,
     method_spec=snakemake.params.method,

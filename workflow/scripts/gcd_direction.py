@@ -1,10 +1,10 @@
 """Rule gcd_direction: GCD's direction search for one experiment (cfx.steps.gcd_direction)."""
-import sys
 from pathlib import Path
 
+from cfx.runtime.logs import log_to_rule_log
 from cfx.steps import gcd_direction
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+log_to_rule_log(snakemake)
 gcd_direction(
     experiment=snakemake.params.experiment,
     method_spec=snakemake.params.method,

@@ -1,10 +1,10 @@
 """Rule generate: counterfactuals for one chunk of one (experiment, method) (cfx generate)."""
-import sys
 from pathlib import Path
 
+from cfx.runtime.logs import log_to_rule_log
 from cfx.runtime.retry import retry_only_out_of_memory
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
+log_to_rule_log(snakemake)
 # only an out-of-memory failure is retried (with half the batch: batch_divisor = 2^(attempt-1))
 with retry_only_out_of_memory(snakemake.output.manifest, snakemake.resources.batch_divisor.bit_length()):
     from cfx.generate import generate_chunk

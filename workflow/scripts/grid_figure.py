@@ -1,10 +1,10 @@
 """Rule grid_figure: original | counterfactual | difference grid for one (experiment, method) (cfx figure)."""
-import sys
 from pathlib import Path
 
 from cfx.figures import grid_figure
+from cfx.runtime.logs import log_to_rule_log
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
+log_to_rule_log(snakemake)
 grid_figure(
     Path(snakemake.input.merged).parent,
     snakemake.wildcards.method,

@@ -1,10 +1,10 @@
 """Rule merge_chunks: merge chunk manifests, write the upstream summary and check n and flip rate (cfx merge)."""
-import sys
 from pathlib import Path
 
 from cfx.merge import merge_chunks
+from cfx.runtime.logs import log_to_rule_log
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
+log_to_rule_log(snakemake)
 merge_chunks(
     [Path(p) for p in snakemake.input.manifests],
     tree_root=Path(snakemake.output.merged).parent,

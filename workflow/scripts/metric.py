@@ -1,12 +1,12 @@
 """Rule metric: one metric of one (experiment, method) as JSON (cfx metric)."""
-import sys
 from pathlib import Path
 
 from cfx.metrics import MetricContext, NetworkRef, compute_tree_metric
 from cfx.runtime.device import select_device
+from cfx.runtime.logs import log_to_rule_log
 from cfx.steps import data_root_from_index
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
+log_to_rule_log(snakemake)
 spec = snakemake.params.spec
 networks = {
     role: NetworkRef(role=role, name=n["name"], path=Path(n["checkpoint"]) if n["checkpoint"] else None, spec=n["spec"])

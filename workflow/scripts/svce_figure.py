@@ -1,11 +1,11 @@
 """Rule svce_figure: SVCE's figure, original | counterfactual per radius | differences (cfx figure --radii)."""
 import json
-import sys
 from pathlib import Path
 
 from cfx.figures import svce_figure
+from cfx.runtime.logs import log_to_rule_log
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
+log_to_rule_log(snakemake)
 class_names = list(snakemake.params.class_names)
 if "class_index" in snakemake.input.keys():  # ImageNet: imagenet_class_index.json {"0": [wnid, name], ...}
     index = json.loads(Path(snakemake.input.class_index).read_text())

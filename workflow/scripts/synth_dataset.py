@@ -1,8 +1,8 @@
 """Rule synth_dataset: write the generated CelebA-layout dataset (cfx data synth)."""
-import sys
 from pathlib import Path
 
 from cfx.data.synthetic import write_synthetic_celeba
+from cfx.runtime.logs import log_to_rule_log
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
+log_to_rule_log(snakemake)
 write_synthetic_celeba(Path(snakemake.output.attributes).parent, **snakemake.params.synthetic)

@@ -1,10 +1,10 @@
 """Rule table: assemble one paper table as CSV, Markdown and LaTeX (cfx table)."""
-import sys
 from pathlib import Path
 
+from cfx.runtime.logs import log_to_rule_log
 from cfx.tables import build_table
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
+log_to_rule_log(snakemake)
 build_table(
     snakemake.wildcards.table,
     snakemake.params.spec,

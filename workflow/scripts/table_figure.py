@@ -1,8 +1,8 @@
 """Rule table_figure: one summary figure per table (cfx figure --table)."""
-import sys
 from pathlib import Path
 
 from cfx.figures import table_figure
+from cfx.runtime.logs import log_to_rule_log
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
+log_to_rule_log(snakemake)
 table_figure(Path(snakemake.input.csv), Path(snakemake.output.figure), title=snakemake.params.title)

@@ -1,10 +1,10 @@
 """Rule train_model: train one mini-suite network from its suite entry (cfx train)."""
-import sys
 from pathlib import Path
 
+from cfx.runtime.logs import log_to_rule_log
 from cfx.steps import train_from_spec
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
+log_to_rule_log(snakemake)
 train_from_spec(
     snakemake.params.spec,
     index_csv=Path(snakemake.input.index),
