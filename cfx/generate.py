@@ -10,9 +10,7 @@ out-of-memory error fails the job with a message; the workflow retries it with t
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -49,7 +47,8 @@ from cfx.methods import (
     output_format,
     uses_ddpm,
 )
-from cfx.runtime.device import select_device, set_threads
+from cfx.runtime.device import device_type, select_device, set_threads
+from cfx.runtime.files import write_json_atomic
 from cfx.runtime.precision import apply_precision, resolve_precision
 from cfx.runtime.seeding import image_generators
 from cfx.suite import class_targets
@@ -253,14 +252,14 @@ def load_generation_models(
 ) -> dict[str, Any]:
     """Build the networks a method needs from their suite entries and checkpoints (strict loading). The
     classifier is the method's own (``classifier`` in its suite entry: SVCE's robust network) or the
-    experiment's, loaded by its suite kind (:func:`cfx.models.classifier.load_experiment_classifier`: DiME's format or
-    STEEX's decision classifier, whose output the query label selects, or an ImageNet ResNet-50 behind the method's
-    ``classifier_center_crop``); the DDPM is loaded for methods that use one
+    experiment's, loaded by its suite kind (:func:`cfx.models.classifier_kinds.load_experiment_classifier`: DiME's
+    format or STEEX's decision classifier, whose output the query label selects, or an ImageNet ResNet-50 behind the
+    method's ``classifier_center_crop``); the DDPM is loaded for methods that use one
     and computes in ``precision`` (``cfx.runtime.precision``: auto = fp16 on CUDA as upstream, fp32 on CPU). GCD:
     the DiffAE named by its suite entry (``diffae``; checkpoint ``diffae``, float16 autocast when the precision
     resolves to fp16, as upstream's ``fp16=True``) and its direction (checkpoint ``direction``, written by the
     direction search)."""
-    from cfx.models.classifier import load_experiment_classifier
+    from cfx.models.classifier_kinds import load_experiment_classifier
 
     clf_spec = model_specs[method_classifier(method_spec, experiment)]
     classifier = load_experiment_classifier(clf_spec, checkpoints["classifier"], experiment,
@@ -363,18 +362,6 @@ def divided_batch_size(batch_size: int, batch_divisor: int) -> int:
     return max(1, batch_size // batch_divisor)
 
 
-def _atomic_json(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _device_type(device: str) -> str:
-    """``cuda`` or ``cpu``, as :func:`cfx.runtime.device.select_device` would choose, without leasing a GPU."""
-    return "cuda" if str(device) != "cpu" and torch.cuda.is_available() else "cpu"
-
-
 def checkpoint_identities(checkpoints: dict[str, Path]) -> dict[str, dict[str, Any] | None]:
     """Per role the file name, size and modification time of each checkpoint (a retrained or re-downloaded network
     gets a new time): part of a chunk's settings record, cheap where a sha256 of a multi-GB file is not."""
@@ -440,7 +427,7 @@ def generate_chunk(
                                  info_format=info_format) for name in variant_names}
     # what the images depend on; a rerun with anything else (Snakemake reruns the job for changed params, inputs or
     # code) regenerates the chunk instead of keeping images made with the old settings
-    signature = {"method": method, "seed": seed, "precision": resolve_precision(precision, _device_type(device)),
+    signature = {"method": method, "seed": seed, "precision": resolve_precision(precision, device_type(device)),
                  "settings": {k: v for k, v in method_spec.items()
                               if k != "batch_size" or batch_size_matters(method, method_spec["config"])},
                  "experiment": {k: v for k, v in experiment.items() if k != "max_images"},
@@ -561,5 +548,5 @@ def generate_chunk(
         manifest["variants"] = variant_records
     if chunks > 1:
         write_dime_summary(tree.results_dir / f"chunk-{chunk}_num-chunks-{chunks}_summary.yaml", records)
-    _atomic_json(manifest, Path(manifest_path))
+    write_json_atomic(manifest_path, manifest, sort_keys=True)
     return manifest

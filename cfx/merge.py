@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cfx.generate import _atomic_json
 from cfx.io.tree import write_dime_summary
 from cfx.methods import results_folder
+from cfx.runtime.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,6 @@ def merge_chunks(
             f"suite's sanity.min_flip_rate {min_flip_rate:.0%}: check the classifier and DDPM checkpoints and "
             f"the method's hyper-parameters before computing metrics (the images are kept)"
         )
-    _atomic_json(merged, Path(out_path))
+    write_json_atomic(out_path, merged, sort_keys=True)
     log.info("merged %d images, flip rate %.3f", n, flip_rate)
     return merged

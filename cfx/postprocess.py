@@ -17,12 +17,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cfx.generate import _atomic_json, _device_type, checkpoint_identities, divided_batch_size, load_generation_models
+from cfx.generate import checkpoint_identities, divided_batch_size, load_generation_models
 from cfx.io.images import load_image
 from cfx.io.tree import OutputTree, read_info
 from cfx.methods import evaluated_results, generated_results, implementation
 from cfx.methods.ace import postprocess
-from cfx.runtime.device import select_device, set_threads
+from cfx.runtime.device import device_type, select_device, set_threads
+from cfx.runtime.files import write_json_atomic
 from cfx.runtime.precision import resolve_precision
 from cfx.runtime.seeding import image_generators
 
@@ -63,7 +64,7 @@ def postprocess_chunk(
     # the explanations depend on the post-processing settings, the attack's pre-explanations (a rerun of the attack
     # makes new ones) and the networks: any change regenerates the chunk's explanations
     signature = {"postprocess": config, "seed": seed, "timestep_respacing": method_spec.get("timestep_respacing"),
-                 "precision": resolve_precision(precision, _device_type(device)), "attack_records": pre["records"],
+                 "precision": resolve_precision(precision, device_type(device)), "attack_records": pre["records"],
                  "checkpoints": checkpoint_identities(checkpoints)}
     if tree.settings_changed(tree.results_dir / f".params-{pre['chunk']}-of-{pre['chunks']}.json", signature, stems):
         log.info("ACE post-processing chunk %s: new settings, attack or networks; the chunk is regenerated",
@@ -108,5 +109,5 @@ def postprocess_chunk(
         "flipped": sum(int(r["cf_pred"] == r["target"]) for r in records), "records": records,
         "generated_now": len(todo), "postprocess": config, "seconds": round(time.time() - started, 2),
     }
-    _atomic_json(manifest, Path(manifest_path))
+    write_json_atomic(manifest_path, manifest, sort_keys=True)
     return manifest

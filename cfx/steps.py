@@ -93,7 +93,7 @@ def _gcd_networks(experiment: dict[str, Any], method_spec: dict[str, Any], model
     from cfx.methods.gcd import DEFAULTS
     from cfx.metrics import NetworkRef
     from cfx.metrics.sigma_l import load_lpips
-    from cfx.models.classifier import load_query_classifier
+    from cfx.models.classifier_kinds import load_query_classifier
     from cfx.models.diffae import DiffAE, load_diffae_checkpoint
     from cfx.runtime.device import select_device
     from cfx.runtime.precision import resolve_precision

@@ -17,7 +17,6 @@ are a few thousand 32 px images).
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from cfx.data.celeba import CELEBA_ATTRIBUTES
 from cfx.data.celeba_dataset import CelebADataset
 from cfx.runtime.checkpoints import save_checkpoint_atomic
 from cfx.runtime.device import select_device
+from cfx.runtime.files import write_json_atomic
 
 
 def load_split(data_root: Path, split: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,11 +77,9 @@ def _per_step(seconds: float, steps: int) -> float | None:
     return round(seconds / steps, 4) if steps else None
 
 
-def _write_log(out_path: Path, log: dict[str, Any]) -> None:
-    path = Path(out_path).with_suffix(".train.json")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(log, indent=1))
-    tmp.replace(path)
+def write_training_log(out_path: str | Path, log: dict[str, Any]) -> Path:
+    """The training record ``<checkpoint>.train.json`` next to a checkpoint (atomic; settings, losses, time)."""
+    return write_json_atomic(Path(out_path).with_suffix(".train.json"), log)
 
 
 def train_ddpm(data_root: Path, out_path: Path, *, model_flags: dict, diffusion_flags: dict, steps: int,
@@ -136,7 +134,7 @@ def train_ddpm(data_root: Path, out_path: Path, *, model_flags: dict, diffusion_
            "saved": "ema" if ema is not None else "model", **_loss_summary(losses),
            "seconds": round(time.time() - started, 1), "seconds_per_step": _per_step(train_seconds, steps),
            "threads": torch.get_num_threads(), "device": str(dev), "n_train_images": len(images)}
-    _write_log(out_path, log)
+    write_training_log(out_path, log)
     return log
 
 
@@ -217,7 +215,7 @@ def train_diffae(data_root: Path, out_path: Path, *, flags: dict, steps: int, ba
            "saved": "ema_model = EMA" if ema is not None else "ema_model = model", **_loss_summary(losses),
            "seconds": round(time.time() - started, 1), "seconds_per_step": _per_step(train_seconds, steps),
            "threads": torch.get_num_threads(), "device": str(dev), "n_train_images": len(images)}
-    _write_log(out_path, log)
+    write_training_log(out_path, log)
     return log
 
 
@@ -292,7 +290,7 @@ def _train_attribute_net(model: torch.nn.Module, kind: str, data_root: Path, out
            "seconds": round(time.time() - started, 1), "seconds_per_step": _per_step(train_seconds, steps),
            "threads": torch.get_num_threads(), "device": str(dev), "n_train_images": len(images),
            "n_val_images": len(val_images)}
-    _write_log(out_path, log)
+    write_training_log(out_path, log)
     return log
 
 
@@ -328,7 +326,7 @@ def train_robust_classifier(data_root: Path, out_path: Path, *, arch: dict, step
                                batch_size=batch_size, lr=lr, seed=seed, image_size=image_size, device=device,
                                adversarial=adversarial)
     log["init"] = str(init_checkpoint) if init_checkpoint is not None else None
-    _write_log(out_path, log)
+    write_training_log(out_path, log)
     return log
 
 
@@ -387,7 +385,7 @@ def train_identity(data_root: Path, out_path: Path, *, arch: dict, steps: int, b
            "seconds": round(time.time() - started, 1), "seconds_per_step": _per_step(train_seconds, steps),
            "threads": torch.get_num_threads(), "device": str(dev), "n_train_images": len(images),
            "n_val_images": len(val_images)}
-    _write_log(out_path, log)
+    write_training_log(out_path, log)
     return log
 
 
@@ -518,5 +516,5 @@ def train_ldm(data_root: Path, out_path: Path, *, config: dict, classes: dict, a
                          **_loss_summary(losses), "seconds_per_step": _per_step(dm_seconds, steps)},
            "seconds": round(time.time() - started, 1), "threads": torch.get_num_threads(), "device": str(dev),
            "n_train_images": len(images)}
-    _write_log(out_path, log)
+    write_training_log(out_path, log)
     return log

@@ -151,7 +151,7 @@ def test_ace_explains_the_queried_steex_output(tmp_path):
     """ACE on a BDD-OIA root through generate_chunk: the label is the queried action, the classifier is STEEX's
     4-output checkpoint read at output ``query``, and the target is 1 - its prediction (binary, §2.6)."""
     from cfx.generate import generate_chunk
-    from cfx.models.classifier import load_query_classifier
+    from cfx.models.classifier_kinds import load_query_classifier
 
     root = fake_bdd_oia(tmp_path / "oia")
     build_layout_index("bdd_oia", root, tmp_path / "index.csv")

@@ -19,7 +19,8 @@ from cfx.generate import generate_chunk
 from cfx.io.tree import OutputTree, read_info
 from cfx.metrics import MetricContext, NetworkRef, NotApplicable
 from cfx.models.chexpert import GCDCheXpertClassifier, load_gcd_chexpert_classifier
-from cfx.models.classifier import QueryClassifier, load_query_classifier
+from cfx.models.classifier import QueryClassifier
+from cfx.models.classifier_kinds import load_query_classifier
 from cfx.models.diffae import create_diffae, lightning_checkpoint
 from cfx.steps import gcd_bblig, gcd_direction
 from tests.published_formats import monai_densenet_shapes, random_state, write_gcd_chexpert_checkpoint

@@ -10,13 +10,13 @@ import torch
 
 from cfx.data.celeba import (
     CELEBA_ATTRIBUTES,
-    CelebADataset,
     CelebALayoutError,
     attribute_index,
     build_index,
     convert_official_celeba,
     read_celeba,
 )
+from cfx.data.celeba_dataset import CelebADataset
 from cfx.data.synthetic import RENDERED_ATTRIBUTES, write_synthetic_celeba
 
 

@@ -202,7 +202,7 @@ def _hand_dino_logits(backbone_file: Path, head_file: Path, images: torch.Tensor
 def test_dino_linear_kind_loads_for_generation_and_cout(tmp_path):
     from cfx.metrics import NetworkRef
     from cfx.metrics.networks import load_classifier_logits
-    from cfx.models.classifier import load_experiment_classifier
+    from cfx.models.classifier_kinds import load_experiment_classifier
 
     backbone, head = _tiny_dino_files(tmp_path)
     spec = {"kind": "dino_linear", "backbone_weights": str(backbone), "n_last_blocks": 1, "num_classes": 102}

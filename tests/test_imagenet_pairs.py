@@ -24,7 +24,7 @@ from cfx.io.tree import OutputTree, read_info
 from cfx.metrics import MetricContext, NetworkRef, compute_tree_metric
 from cfx.metrics import cout as cout_metric
 from cfx.metrics.networks import load_classifier_logits
-from cfx.models.classifier import load_experiment_classifier
+from cfx.models.classifier_kinds import load_experiment_classifier
 from cfx.models.imagenet_classifier import ImageNetClassifier, load_imagenet_classifier, load_torchvision_resnet50
 from cfx.postprocess import postprocess_chunk
 from tests.test_index_dataset import ACE, DIFFUSION, FACE_FLAGS, _save_unet

@@ -219,7 +219,7 @@ def _tiny_clip_file(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
 def test_zero_shot_kind_loads_for_generation_and_cout(tmp_path):
     from cfx.metrics import NetworkRef
     from cfx.metrics.networks import load_classifier_logits
-    from cfx.models.classifier import load_experiment_classifier
+    from cfx.models.classifier_kinds import load_experiment_classifier
 
     path, model = _tiny_clip_file(tmp_path)
     _, labels_file = write_pets_resources(tmp_path / "res")

@@ -10,7 +10,7 @@ import torchvision
 
 from cfx.metrics import NetworkRef
 from cfx.metrics.networks import load_classifier_logits
-from cfx.models.classifier import load_query_classifier
+from cfx.models.classifier_kinds import load_query_classifier
 from cfx.models.steex import load_steex_classifier, steex_output_index
 from tests.published_formats import steex_decision_densenet_shapes, write_steex_decision_checkpoint
 

@@ -7,13 +7,13 @@ train/val/test from ``list_eval_partition.csv``, PIL ``Resize(size)`` (short sid
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from cfx.data.image_check import check_index_images
+from cfx.runtime.files import write_csv_atomic
 
 CELEBA_ATTRIBUTES = [
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
@@ -99,17 +99,10 @@ def convert_official_celeba(root: Path) -> None:
         if header != CELEBA_ATTRIBUTES:
             raise CelebALayoutError(f"{attr_txt} line 2 is not the 40 CelebA attribute names")
         rows = [line.split() for line in lines[2:] if line.strip()]
-        _atomic_csv(pd.DataFrame(rows, columns=["image_id", *header]), root / ATTR_CSV)
+        write_csv_atomic(root / ATTR_CSV, pd.DataFrame(rows, columns=["image_id", *header]))
     if not (root / PARTITION_CSV).exists():
         rows = [line.split() for line in part_txt.read_text().splitlines() if line.strip()]
-        _atomic_csv(pd.DataFrame(rows, columns=["image_id", "partition"]), root / PARTITION_CSV)
-
-
-def _atomic_csv(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+        write_csv_atomic(root / PARTITION_CSV, pd.DataFrame(rows, columns=["image_id", "partition"]))
 
 
 def build_index(root: Path, out_csv: Path) -> pd.DataFrame:
@@ -123,7 +116,7 @@ def build_index(root: Path, out_csv: Path) -> pd.DataFrame:
         raise CelebALayoutError(f"{len(missing)} images listed in {root / ATTR_CSV} are missing, e.g. {missing[:3]}")
     check_index_images(paths, out_csv)
     frame.insert(1, "path", [str(p) for p in paths])
-    _atomic_csv(frame, Path(out_csv))
+    write_csv_atomic(out_csv, frame)
     return frame
 
 
@@ -144,12 +137,3 @@ def load_pil(path: Path, mode: str) -> Image.Image:
             f"image {path} is corrupt or unreadable ({err}); replace it from the original dataset"
         ) from err
 
-
-def __getattr__(name: str):
-    """``CelebADataset`` lives in :mod:`cfx.data.celeba_dataset` (it needs torch; this module must not: the workflow
-    imports it while planning)."""
-    if name == "CelebADataset":
-        from cfx.data.celeba_dataset import CelebADataset
-
-        return CelebADataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

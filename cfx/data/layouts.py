@@ -30,9 +30,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from cfx.data.celeba import CELEBA_ATTRIBUTES, PARTITION_CSV, _atomic_csv
+from cfx.data.celeba import CELEBA_ATTRIBUTES, PARTITION_CSV
 from cfx.data.celeba import build_index as build_celeba_index
 from cfx.data.image_check import check_index_images
+from cfx.runtime.files import write_csv_atomic
 
 CELEBAHQ_ANNO, CELEBAHQ_MAPPING, CELEBAHQ_IMAGES = (
     "CelebAMask-HQ-attribute-anno.txt", "CelebA-HQ-to-CelebA-mapping.txt", "CelebA-HQ-img")
@@ -394,7 +395,7 @@ def build_layout_index(layout: str, root: Path, out_csv: Path, key: str = "") ->
     else:
         raise ValueError(f"unknown dataset layout '{layout}'; known: {', '.join(LAYOUTS)}")
     check_index_images(list(frame["path"]), out_csv)
-    _atomic_csv(frame, Path(out_csv))
+    write_csv_atomic(out_csv, frame)
     return frame
 
 

@@ -10,12 +10,12 @@ networks by role (:class:`NetworkRef`), the metric's options from the suite file
 from __future__ import annotations
 
 import importlib
-import json
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cfx.runtime.files import write_json_atomic
 
 METRICS = {
     "flip_rate": "cfx.metrics.flip_rate",
@@ -112,21 +112,13 @@ def iter_pairs(tree_root: Path, method: str, subsets: tuple[str, ...]) -> Iterat
     yield from iter_instances(Path(tree_root), evaluated_results(method), subsets)
 
 
-def _atomic_json(result: dict[str, Any], out_path: Path) -> None:
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    os.replace(tmp, out_path)
-
-
 def _finish(name: str, result: dict[str, Any], extra: dict[str, Any], out_path: Path | None) -> dict[str, Any]:
     meta = asdict(metric_metadata(name))
     if result.get("stand_in"):
         meta["stand_in"] = result["stand_in"]
     result = {"metric": name, **extra, **result, "metadata": meta}
     if out_path is not None:
-        _atomic_json(result, out_path)
+        write_json_atomic(out_path, result, default=str)
     return result
 
 

@@ -165,7 +165,7 @@ def load_classifier_logits(ref: NetworkRef, query_label: int | None, device: str
     OpenCLIP Pets classifier, one logit per class (N, 37), on the 224 centre crop its vision tower takes, as LDCE's
     ``classifier_wrapper`` feeds it; ``dino_linear``: LDCE's Flowers-102 DINO ViT-S/8 + linear head (N, 102), on the
     224 centre crop as LDCE's wrapper."""
-    from cfx.models.classifier import (
+    from cfx.models.classifier_kinds import (
         QUERY_CLASSIFIER_KINDS,
         load_multiclass_classifier,
         load_query_classifier,

@@ -149,10 +149,10 @@ def load_gcd_chexpert_classifier(path: str | Path, **arch) -> GCDCheXpertClassif
     ignored) loaded weights-only and strictly into :class:`GCDCheXpertClassifier` (``arch`` overrides DenseNet-264's
     widths; ``in_channels`` and ``out_channels`` are read from the file's first convolution and last layer); eval
     mode. Errors name the file and the first missing, unexpected and mis-shaped keys."""
-    from cfx.models.diffae import LIGHTNING_GLOBALS, _LightningCallbackKey
+    from cfx.models.diffae import LIGHTNING_GLOBALS, LightningCallbackKey
     from cfx.runtime.checkpoints import load_checkpoint, load_state_dict_strict
 
-    allowed = [(_LightningCallbackKey, name) for name in LIGHTNING_GLOBALS]
+    allowed = [(LightningCallbackKey, name) for name in LIGHTNING_GLOBALS]
     with torch.serialization.safe_globals(allowed):  # a Lightning 1.x checkpoint's callback keys, by name only
         try:
             checkpoint = load_checkpoint(path, "GCD CheXpert classifier")

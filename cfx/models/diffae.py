@@ -324,7 +324,7 @@ def create_diffae(template: str | None = None, **flags: Any) -> BeatGANsAutoenco
     )
 
 
-class _LightningCallbackKey:
+class LightningCallbackKey:
     """Stand-in for the callback classes PyTorch Lightning 1.4 uses as dict keys in ``checkpoint['callbacks']``.
     Only allow-listed under those exact names for this load; never instantiated with state."""
 
@@ -343,7 +343,7 @@ def read_lightning_state_dict(path: str | Path, prefix: str = "ema_model.") -> d
     used as keys are allow-listed by name (:data:`LIGHTNING_GLOBALS`), nothing else."""
     from cfx.runtime.checkpoints import load_checkpoint
 
-    allowed = [(_LightningCallbackKey, name) for name in LIGHTNING_GLOBALS]
+    allowed = [(LightningCallbackKey, name) for name in LIGHTNING_GLOBALS]
     with torch.serialization.safe_globals(allowed):
         ckpt = load_checkpoint(path, "DiffAE checkpoint")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):

@@ -416,7 +416,7 @@ def train_dino_linear_head(index_csv: str | Path, out_path: str | Path, *, backb
 
     from cfx.runtime.checkpoints import save_checkpoint_atomic
     from cfx.runtime.device import select_device
-    from cfx.train import _write_log
+    from cfx.runtime.files import write_json_atomic
 
     started = time.time()
     index_csv, out_path = Path(index_csv), Path(out_path)
@@ -501,5 +501,5 @@ def train_dino_linear_head(index_csv: str | Path, out_path: str | Path, *, backb
            "val_majority_baseline": round(majority, 4) if majority is not None else None,
            "seconds": round(time.time() - started, 1), "seconds_per_epoch": round(train_seconds / epochs, 3),
            "threads": torch.get_num_threads(), "device": str(dev)}
-    _write_log(out_path, log)
+    write_json_atomic(Path(out_path).with_suffix(".train.json"), log)
     return log

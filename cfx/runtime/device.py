@@ -32,6 +32,11 @@ def select_device(device: str = "auto") -> torch.device:
     return torch.device(f"cuda:{_LEASES[0].position}")
 
 
+def device_type(device: str) -> str:
+    """``cuda`` or ``cpu``, as :func:`select_device` would choose, without leasing a GPU."""
+    return "cuda" if str(device) != "cpu" and torch.cuda.is_available() else "cpu"
+
+
 def set_threads(threads: int | None) -> None:
     """Use the cores Snakemake gave the job (torch otherwise takes every core of the machine)."""
     if threads and threads > 0:

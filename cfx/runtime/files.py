@@ -74,6 +74,13 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def write_csv_atomic(path: str | Path, frame: Any, **to_csv: Any) -> Path:
+    """Write a pandas DataFrame as CSV to ``path`` atomically (``to_csv`` options, default ``index=False``)."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, **{"index": False, **to_csv})
+    return Path(path)
+
+
 def write_json_atomic(path: str | Path, obj: Any, **dumps: Any) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically (``dumps``: json.dumps options, default ``indent=1``)."""
     return write_text_atomic(path, json.dumps(obj, **{"indent": 1, **dumps}))
