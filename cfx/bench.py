@@ -41,7 +41,6 @@ import ctypes
 import datetime
 import functools
 import gc
-import json
 import os
 import platform
 import resource
@@ -55,6 +54,8 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from cfx.runtime.files import write_json_atomic
 
 BENCH_VERSION = 1  # bump when a field changes meaning; FLOPs, share of peak and noise fields (#21) were only added
 REPO = Path(__file__).resolve().parent.parent
@@ -822,10 +823,7 @@ def run_bench(method: str, size: str = "mini", *, device: str = "auto", n_images
     path = Path(out)
     if path.suffix != ".json":
         path = path / f"{method}-{size}-{torch_device.type}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, report)
     return report, path
 
 

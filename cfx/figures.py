@@ -3,7 +3,6 @@ the summary figure of a table."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from PIL import Image  # noqa: E402
 
 from cfx.io.tree import iter_instances  # noqa: E402
 from cfx.methods import results_folder  # noqa: E402
+from cfx.runtime.files import atomic_path
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -50,11 +50,9 @@ def grid_figure(tree_root: Path, method: str, out_path: Path, *, n_images: int =
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, out_path)
     return out_path
 
 
@@ -113,11 +111,9 @@ def table_figure(table_csv: Path, out_path: Path, *, title: str = "") -> Path:
     header_bottom = _draw_header(fig, title or Path(table_csv).stem, subtitle)
     fig.tight_layout(rect=(0, 0.06, 1, header_bottom))
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp{os.getpid()}{out_path.suffix}")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, out_path)
     return out_path
 
 
@@ -198,9 +194,7 @@ def svce_figure(tree_root: Path, out_path: Path, *, method: str = "svce", n_imag
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp{os.getpid()}{out_path.suffix}")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, out_path)
     return out_path

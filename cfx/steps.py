@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from cfx.runtime.device import set_threads
+from cfx.runtime.files import write_json_atomic
 
 
 def data_root_from_index(index_csv: Path) -> Path:
@@ -140,7 +141,6 @@ def gcd_direction(*, experiment: dict[str, Any], method_spec: dict[str, Any], mo
     (``directions.pt`` next to it) and a JSON record of the search (``search.json``). The image is read with the
     transform of the dataset's ``layout`` (:class:`cfx.data.index_dataset.IndexDataset`; the method's ``image_resize``
     if it names one, as generation reads the images)."""
-    import json
 
     from cfx.data.index_dataset import IndexDataset
     from cfx.generate import experiment_images
@@ -177,9 +177,7 @@ def gcd_direction(*, experiment: dict[str, Any], method_spec: dict[str, Any], mo
                       "iteration); else any flipping direction; else the last iteration's (1, 0) g-direction",
               "iterations": result["iterations"], "n_directions": len(result["directions"]),
               "n_flipping": sum(d.first_flip_step is not None for d in result["directions"])}
-    tmp = out_path.with_name(".search.json.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(out_path.with_name("search.json"))
+    write_json_atomic(out_path.with_name("search.json"), record)
     return record
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from cfx.metrics import metric_metadata
+from cfx.runtime.files import write_text_atomic
 
 CSV_COLUMNS = [
     "table", "task", "experiment", "method", "metric", "value", "unit", "higher_is_better", "n",
@@ -150,13 +150,6 @@ def to_latex(df: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def build_table(
     table: str, spec: dict[str, Any], *, metric_files: list[Path], merged_files: list[Path], out_csv: Path,
     suite: str, scale: str = "default",
@@ -173,7 +166,7 @@ def build_table(
         merged[(Path(path).parent.name, data["method"])] = data
     df = table_rows(table, spec, metrics, merged, suite=suite, scale=scale, commit=git_commit())
     out_csv = Path(out_csv)
-    _atomic_write(df.to_csv(index=False), out_csv)
-    _atomic_write(to_markdown(df, spec["title"]), out_csv.with_suffix(".md"))
-    _atomic_write(to_latex(df, spec["title"]), out_csv.with_suffix(".tex"))
+    write_text_atomic(out_csv, df.to_csv(index=False))
+    write_text_atomic(out_csv.with_suffix(".md"), to_markdown(df, spec["title"]))
+    write_text_atomic(out_csv.with_suffix(".tex"), to_latex(df, spec["title"]))
     return df

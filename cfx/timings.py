@@ -10,10 +10,11 @@ Torch-free.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
+
+from cfx.runtime.files import atomic_path
 
 DEFAULT_BENCHMARKS = Path("results/benchmarks")
 COLUMNS = ["rule", "job", "wall_s", "cpu_s", "max_rss_mb", "mean_load"]
@@ -87,11 +88,9 @@ def timings_figure(summary: pd.DataFrame, out_path: str | Path, title: str = "")
     ax.tick_params(labelsize=7)
     fig.tight_layout()
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp{os.getpid()}{out_path.suffix}")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, out_path)
     return out_path
 
 

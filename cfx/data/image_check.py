@@ -18,6 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from cfx.runtime.files import write_text_atomic
+
 BAD_IMAGES_SUFFIX = ".bad_images.txt"
 PATHS_IN_MESSAGE = 20
 BATCH_SIZE = 64  # images per pool task: small images decode in well under a millisecond, a task per image costs more
@@ -70,13 +72,6 @@ def bad_images_path(index_csv: str | Path) -> Path:
     return index_csv.with_name(index_csv.stem + BAD_IMAGES_SUFFIX)
 
 
-def _write_bad_list(bad: list[tuple[str, str]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(f"{image}\t{error}\n" for image, error in bad))
-    os.replace(tmp, path)
-
-
 def check_index_images(paths: Sequence[str | Path], index_csv: str | Path, workers: int | None = None) -> None:
     """Decode every image of ``paths`` (the index about to be written to ``index_csv``); when any fails, write all
     of them with their errors to :func:`bad_images_path` and raise one :class:`CorruptImagesError` with their count,
@@ -91,7 +86,7 @@ def check_index_images(paths: Sequence[str | Path], index_csv: str | Path, worke
     if not bad:
         listing.unlink(missing_ok=True)
         return
-    _write_bad_list(bad, listing)
+    write_text_atomic(listing, "".join(f"{image}\t{error}\n" for image, error in bad))
     shown = "".join(f"\n  {image} ({error})" for image, error in bad[:PATHS_IN_MESSAGE])
     more = f"\n  ... and {len(bad) - PATHS_IN_MESSAGE} more" if len(bad) > PATHS_IN_MESSAGE else ""
     raise CorruptImagesError(

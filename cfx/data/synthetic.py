@@ -9,7 +9,6 @@ Partitions are identity-disjoint, as CelebA's.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from cfx.data.celeba import CELEBA_ATTRIBUTES
+from cfx.runtime.files import atomic_path, write_text_atomic
 
 RENDERED_ATTRIBUTES = (
     "Smiling", "Young", "Male", "Eyeglasses", "Wearing_Hat", "Black_Hair", "Blond_Hair", "Brown_Hair",
@@ -188,12 +188,6 @@ def _attributes(traits: dict, state: dict) -> dict[str, int]:
     return values
 
 
-def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_synthetic_celeba(root: Path, n_identities: int = 300, images_per_identity: int = 8, image_size: int = 64,
                            seed: int = 0, progress: bool = True) -> Path:
     """Write ``n_identities × images_per_identity`` faces in CelebA's layout under ``root``; deterministic."""
@@ -216,14 +210,13 @@ def write_synthetic_celeba(root: Path, n_identities: int = 300, images_per_ident
         name = f"{number:06d}.jpg"
         state = _image_state(np.random.default_rng([seed, ident, k, 1]), traits[ident])
         image = render_face(traits[ident], state, image_size)
-        tmp = image_dir / f".{name}.tmp"
-        image.save(tmp, format="JPEG", quality=95)
-        os.replace(tmp, image_dir / name)
+        with atomic_path(image_dir / name) as tmp:
+            image.save(tmp, format="JPEG", quality=95)
         attrs = _attributes(traits[ident], state)
         attr_lines.append(name + "," + ",".join(str(attrs[a]) for a in CELEBA_ATTRIBUTES))
         part_lines.append(f"{name},{partition_of[ident]}")
         id_lines.append(f"{name} {ident + 1}")
-    _atomic_text("\n".join(id_lines) + "\n", root / "identity_CelebA.txt")
-    _atomic_text("\n".join(part_lines) + "\n", root / "list_eval_partition.csv")
-    _atomic_text("\n".join(attr_lines) + "\n", root / "list_attr_celeba.csv")
+    write_text_atomic(root / "identity_CelebA.txt", "\n".join(id_lines) + "\n")
+    write_text_atomic(root / "list_eval_partition.csv", "\n".join(part_lines) + "\n")
+    write_text_atomic(root / "list_attr_celeba.csv", "\n".join(attr_lines) + "\n")
     return root

@@ -7,12 +7,13 @@ Quantisation (reference/dime_ace.md §1.6, §2.9): DiME writes the input as ``ui
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from cfx.runtime.files import atomic_path
 
 
 def to_uint8(x: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0), mode: str = "clamp") -> np.ndarray:
@@ -71,17 +72,11 @@ def save_image_atomic(image: np.ndarray | torch.Tensor | Image.Image, path: Path
     outputs); any other suffix: PIL's format for it (PNG is lossless). A reader never sees a partial file."""
     path = Path(path)
     pil = _as_image(image)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix.lower() in (".jpg", ".jpeg"):
             pil.save(tmp, format="JPEG", quality=quality)
         else:
             pil.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 import yaml
 
 from cfx.io.images import save_image_atomic, to_uint8, uint8_l1
+from cfx.runtime.files import write_json_atomic, write_text_atomic
 
 SUBSETS = ("CC/CCF", "CC/ICF", "IC/CCF", "IC/ICF")
 LEAVES = ("CF", "Noise", "SM", "Info")
@@ -153,10 +153,7 @@ class OutputTree:
         if previous == signature:
             return False
         self.forget(stems)
-        sidecar.parent.mkdir(parents=True, exist_ok=True)
-        tmp = sidecar.with_name(f".{sidecar.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(signature, sort_keys=True, indent=1))
-        os.replace(tmp, sidecar)
+        write_json_atomic(sidecar, signature, sort_keys=True)
         return previous is not None
 
     def write_instance(self, stem: str, *, original: torch.Tensor, cf: torch.Tensor, noise: torch.Tensor,
@@ -191,9 +188,7 @@ class OutputTree:
                   "l_1": float(info.get("l_1", l_1))}
         values.update({key: info[key] for _, key in INFO_FORMATS[self.info_format] if key not in values})
         info_path = folder / "Info" / f"{stem}.txt"
-        tmp = info_path.with_name(f".{stem}.tmp{os.getpid()}")
-        tmp.write_text(format_info(values, self.info_format))
-        os.replace(tmp, info_path)
+        write_text_atomic(info_path, format_info(values, self.info_format))
         return values
 
 
@@ -252,9 +247,4 @@ def dime_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
 def write_dime_summary(path: Path, records: list[dict[str, Any]]) -> Path:
     """Write :func:`dime_summary` of ``records`` (dicts with label, pred, target, cf_pred, bkl, l_1) as YAML,
     atomically (``yaml.dump`` layout: block style, sorted keys, as upstream)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(dime_summary(records)))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, yaml.safe_dump(dime_summary(records)))

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from cfx.runtime.files import chmod_like_new_file
+from cfx.runtime.files import atomic_path
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
@@ -37,16 +35,8 @@ def save_checkpoint_atomic(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a reader (or a job killed
     mid-write) never leaves half a checkpoint under ``path``. The file's mode follows the umask (0o644 under 022)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        chmod_like_new_file(tmp)  # mkstemp's 0o600 would shut the group out of a shared checkpoint folder
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
