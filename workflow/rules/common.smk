@@ -175,7 +175,9 @@ def generation_batch_size(wildcards, output):
 
 
 def ace_spec(wildcards):
-    return method_settings(SUITE, wildcards.method, wildcards.experiment)
+    """ACE's settings for its post-processing, without the batch size: the post-processing works per image, and where
+    the attack's batch matters the attack itself reruns (and with it this job); generation_batch_size passes it."""
+    return {k: v for k, v in method_spec(wildcards).items() if k != "batch_size"}
 
 
 def postprocess_inputs(wildcards):

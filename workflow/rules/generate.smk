@@ -44,6 +44,7 @@ rule ace_postprocess:
     params:
         experiment=experiment_params,
         method=ace_spec,
+        batch_size=generation_batch_size,
         models=generation_models,
         seed=experiment_seed,
         device=config["device"],

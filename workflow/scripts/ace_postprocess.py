@@ -12,7 +12,7 @@ with retry_only_out_of_memory(snakemake.output.manifest, snakemake.resources.bat
     postprocess_chunk(
         experiment=snakemake.params.experiment,
         method=snakemake.wildcards.method,
-        method_spec=snakemake.params.method,
+        method_spec={**snakemake.params.method, "batch_size": snakemake.params.batch_size},
         model_specs=snakemake.params.models,
         checkpoints={"classifier": Path(snakemake.input.classifier), "ddpm": Path(snakemake.input.ddpm)},
         pre_manifest=Path(snakemake.input.pre),
