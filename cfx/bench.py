@@ -1,7 +1,7 @@
 """``cfx bench``: speed and memory of DiME and ACE with random weights, at the paper or the mini configuration.
 
 One run builds the networks of a configuration with random weights — the CelebA-128 ADM UNet of DiME and ACE
-(reference/dime_ace.md §1.1: DiME ``README.md``/``test.sh``, ACE ``scripts/celeba-attack.sh``), DenseNet-121 and,
+(docs/upstream/dime_ace.md §1.1: DiME ``README.md``/``test.sh``, ACE ``scripts/celeba-attack.sh``), DenseNet-121 and,
 for DiME, VGG-19 ``features[:18]`` — or the mini suite's networks (``workflow/suites/mini.yaml``), runs the
 method on random images, and writes one JSON with the device, the torch version, the settings and the git commit:
 images per second, UNet forwards per second (a counting wrapper around the UNet counts every forward, per image,
@@ -61,7 +61,7 @@ BENCH_VERSION = 1  # bump when a field changes meaning; FLOPs, share of peak and
 REPO = Path(__file__).resolve().parent.parent
 MINI_SUITE = REPO / "workflow" / "suites" / "mini.yaml"
 
-# reference/dime_ace.md §1.1: the CelebA 128x128 DDPM of DiME and ACE (the same flags in DiME README.md, test.sh
+# docs/upstream/dime_ace.md §1.1: the CelebA 128x128 DDPM of DiME and ACE (the same flags in DiME README.md, test.sh
 # and ACE scripts/celeba-attack.sh); use_fp16 is upstream's flag, the fp16 option (precision) applies it
 PAPER_UNET_FLAGS: dict[str, Any] = dict(
     image_size=128, num_channels=128, num_res_blocks=2, attention_resolutions="32,16,8", num_heads=4,
@@ -69,14 +69,15 @@ PAPER_UNET_FLAGS: dict[str, Any] = dict(
 )
 PAPER_DIFFUSION: dict[str, Any] = dict(diffusion_steps=500, noise_schedule="linear", learn_sigma=True)
 PAPER_METHODS: dict[str, dict[str, Any]] = {
-    # DiME test.sh (reference §1.5): respacing 200, τ = 60, scales 8,10,15, logits, l1 0.05, perceptual 30 @ 18
+    # DiME test.sh (docs/upstream/dime_ace.md §1.5): respacing 200, τ = 60, scales 8,10,15, logits, l1 0.05,
+    # perceptual 30 @ 18
     "dime": {
         "timestep_respacing": "200", "batch_size": 50,
         "config": {"start_step": 60, "classifier_scales": [8.0, 10.0, 15.0], "use_logits": True, "l1_loss": 0.05,
                    "l2_loss": 0.0, "l_perc": 30.0, "l_perc_layer": 18, "use_sampling_on_x_t": True},
     },
-    # ACE scripts/celeba-attack.sh (reference §2.7): respacing 50, fraction 0.1 (K = 5), 50 PGD steps of 1/255,
-    # dist_l1 0.001, batch 3; post-processing inpaint 0.15, dilation 15
+    # ACE scripts/celeba-attack.sh (docs/upstream/dime_ace.md §2.7): respacing 50, fraction 0.1 (K = 5), 50 PGD steps
+    # of 1/255, dist_l1 0.001, batch 3; post-processing inpaint 0.15, dilation 15
     "ace": {
         "timestep_respacing": "50", "batch_size": 3,
         "config": {"attack_method": "PGD", "attack_iterations": 50, "attack_step": 1.0, "attack_epsilon": 255.0,
@@ -120,14 +121,14 @@ class BenchSetup:
 
 
 def bench_setup(method: str, size: str, max_steps: int | None = None, suite_path: Path = MINI_SUITE) -> BenchSetup:
-    """The configuration of ``method`` at ``size`` (``paper``: reference/dime_ace.md §1.1, §1.5, §2.7; ``mini``: the
+    """The configuration of ``method`` at ``size`` (``paper``: docs/upstream/dime_ace.md §1.1, §1.5, §2.7; ``mini``: the
     mini suite's smile experiment), with the schedule shortened to ``max_steps`` (DiME τ, ACE PGD iterations)."""
     if method not in PAPER_METHODS:
         raise ValueError(f"cfx bench knows the methods {sorted(PAPER_METHODS)}, not '{method}'")
     if size == "paper":
         spec = copy.deepcopy(PAPER_METHODS[method])
         setup = BenchSetup(
-            method=method, size=size, source="reference/dime_ace.md §1.1, §1.5, §2.7 (CelebA 128)",
+            method=method, size=size, source="docs/upstream/dime_ace.md §1.1, §1.5, §2.7 (CelebA 128)",
             image_size=128, unet_flags=dict(PAPER_UNET_FLAGS), diffusion=dict(PAPER_DIFFUSION),
             timestep_respacing=spec["timestep_respacing"], classifier_arch={}, query_label=PAPER_QUERY_LABEL,
             batch_size=spec["batch_size"], config=spec["config"], postprocess=spec.get("postprocess"),
@@ -544,9 +545,9 @@ def run_method(setup: BenchSetup, models: dict[str, Any], images: torch.Tensor, 
 
 def full_schedule_estimate(setup: BenchSetup, result: dict[str, Any], checkpoint_steps: int | None) -> dict[str, Any]:
     """UNet forwards per image of the full (unshortened) schedule and the time it would take, extrapolated
-    linearly: DiME per attempt has τ(τ+1)/2 UNet forwards and τ guided outer steps (reference §1.7), each priced at
-    this run's seconds per UNet forward and per outer step (the rest: classifier, perceptual net, noise); ACE from
-    this run's attack seconds per PGD iteration (reference §2.8)."""
+    linearly: DiME per attempt has τ(τ+1)/2 UNet forwards and τ guided outer steps (docs/upstream/dime_ace.md §1.7),
+    each priced at this run's seconds per UNet forward and per outer step (the rest: classifier, perceptual net,
+    noise); ACE from this run's attack seconds per PGD iteration (docs/upstream/dime_ace.md §2.8)."""
     full, run = setup.schedule["full"], setup.schedule["run"]
     n = result["images"]
     if setup.method == "dime":

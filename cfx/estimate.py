@@ -54,7 +54,7 @@ DEFAULT_OUT = Path("results/estimates")
 # config.yaml / workflow/schemas/config.schema.yaml: generation chunks, UNet precision, torch.compile
 WORKFLOW_DEFAULTS: dict[str, Any] = {"chunks": 2, "precision": "auto", "compile": False}
 # rows of an experiment's subset list: DiME's utils/minival.csv has 1 000 draws (utils/create-mini-val.py,
-# cfx.data.minival; reference/dime_ace.md §3.3)
+# cfx.data.minival; docs/upstream/dime_ace.md §3.3)
 SUBSET_ROWS = {"dime_minival": 1000}
 GENERATE, ACE_POSTPROCESS = "generate", "ace_postprocess"
 TABLE_TARGET = re.compile(r"(?:\./)?results/tables/(?P<table>[A-Za-z0-9][A-Za-z0-9_-]*)\.(?:csv|md|tex)")

@@ -103,7 +103,7 @@ def experiment_items(index: pd.DataFrame, experiment: dict[str, Any], subset_fil
 
 
 def svce_cluster_items(index: pd.DataFrame, experiment: dict[str, Any], hierarchy_dir: Path) -> list[tuple[str, int]]:
-    """SVCE's ImageNet instances (``imagenet_visual_transfer_hierachy.py``, reference/ldce_gcd_svce.md §3.2): the
+    """SVCE's ImageNet instances (``imagenet_visual_transfer_hierachy.py``, docs/upstream/ldce_gcd_svce.md §3.2): the
     disjoint WordNet clusters of 3–10 classes, per cluster and class ``samples_per_class`` val images drawn by the
     seeded ``randperm`` stream over the class's images in ImageFolder order (:func:`cfx.data.wordnet.
     select_cluster_images`), and per image one instance for every class of its cluster (its own included unless
@@ -186,7 +186,7 @@ def experiment_targets(index: pd.DataFrame, experiment: dict[str, Any], image_id
                        targets_file: Path | None = None) -> dict[str, int] | None:
     """Each image's target class for multi-class experiments: its class's partner (``class_targets``), LDCE's
     per-image ImageNet target (``image_targets: ldce``: ``image_idx_to_tgt.yaml`` at the image's ImageFolder position,
-    reference/ldce_gcd_svce.md §1.5) or LDCE's Pets / Flowers target (``image_targets: ldce_pets`` /
+    docs/upstream/ldce_gcd_svce.md §1.5) or LDCE's Pets / Flowers target (``image_targets: ldce_pets`` /
     ``ldce_flowers``: the first class of ``pets_closest_indices.json`` / ``flowers_closest_indices.json`` at the
     image's test-split position); None for binary experiments (the method takes 1 − prediction)."""
     pairs = class_targets(experiment)

@@ -1,7 +1,7 @@
 """Merge the chunk manifests of one (experiment, method) and check them before any metric runs.
 
 Upstream DiME's ``--merge_and_eval`` crashes (KeyError) and ACE's ``--merge_chunks`` reads wrong keys
-(reference/dime_ace.md §7); a single-chunk run silently looks like a full one (DiME issue #1). This merge
+(docs/upstream/dime_ace.md §7); a single-chunk run silently looks like a full one (DiME issue #1). This merge
 checks that every image of the experiment is present exactly once and that the flip rate is plausible.
 """
 

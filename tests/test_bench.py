@@ -94,7 +94,7 @@ def test_cli_bench_dime_mini_writes_its_json(tmp_path):
     assert report["settings"]["schedule"] == {"shortened": "start_step", "full": 12, "run": 2, "max_steps": 2}
     (run,) = report["runs"]
     assert run["options"] == "fp32" and run["equality"]["output_rel_err"] == 0
-    # reference §1.7: tau(tau+1)/2 UNet forwards per image and attempt, none with autograd
+    # docs/upstream/dime_ace.md §1.7: tau(tau+1)/2 UNet forwards per image and attempt, none with autograd
     assert run["unet_forwards"] == pytest.approx(run["attempts_mean"] * 3)
     assert run["unet_backwards"] == 0 and 1 <= run["attempts_mean"] <= 3
     assert run["full_schedule"]["unet_forwards_per_image_per_attempt"] == 12 * 13 // 2

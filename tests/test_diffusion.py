@@ -1,6 +1,6 @@
 """Gaussian diffusion: schedules, respacing, timestep bookkeeping and the hybrid loss against reference numbers.
 
-Reference values: reference/dime_ace.md §1.1 and §2.7 (ᾱ and kept timesteps of the DiME/ACE setups), closed
+Reference values: docs/upstream/dime_ace.md §1.1 and §2.7 (ᾱ and kept timesteps of the DiME/ACE setups), closed
 forms computed here in numpy float64 (posterior KL and discretised-Gaussian decoder NLL of Ho et al. 2020 /
 Nichol & Dhariwal 2021), and guided-diffusion's own code: at dev time openai/guided-diffusion (commit 22e0df8,
 run outside this repository) gave identical schedule arrays, ``space_timesteps`` sets ("ddim25", "ddim50",

@@ -1,4 +1,4 @@
-"""LDCE: LDM DDIM schedule and the consensus guidance (reference/ldce_gcd_svce.md §1.2–1.3).
+"""LDCE: LDM DDIM schedule and the consensus guidance (docs/upstream/ldce_gcd_svce.md §1.2–1.3).
 
 Reference numbers: ᾱ for strength 0.382 on cin256-v2's schedule (issue #5: ≈ 0.260), and closed forms computed
 here in numpy float64 from LDM's ``make_beta_schedule('linear')`` / ``make_ddim_timesteps`` definitions.

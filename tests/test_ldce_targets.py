@@ -1,4 +1,4 @@
-"""LDCE's ImageNet targets (reference/ldce_gcd_svce.md §1.5) on small hand-made files in upstream's formats."""
+"""LDCE's ImageNet targets (docs/upstream/ldce_gcd_svce.md §1.5) on small hand-made files in upstream's formats."""
 
 import random
 

@@ -1,4 +1,4 @@
-"""DiME's / ACE's CelebA mini-val (reference/dime_ace.md §3.3) on a generated stand-in of upstream's minival.csv."""
+"""DiME's / ACE's CelebA mini-val (docs/upstream/dime_ace.md §3.3) on a generated stand-in of upstream's minival.csv."""
 
 import pandas as pd
 import pytest

@@ -1,6 +1,6 @@
 """CelebA in its Kaggle-CSV layout: validation, conversion from the official TXT files, index, dataset.
 
-Reproduces DiME's ``core/image_datasets.py:CelebADataset`` (reference/dime_ace.md §3.3): partition 0/1/2 =
+Reproduces DiME's ``core/image_datasets.py:CelebADataset`` (docs/upstream/dime_ace.md §3.3): partition 0/1/2 =
 train/val/test from ``list_eval_partition.csv``, PIL ``Resize(size)`` (short side, bilinear) →
 ``CenterCrop(size)`` → ``ToTensor`` → ``Normalize(0.5, 0.5)`` (ACE: no normalisation, [0,1]).
 """

@@ -1,4 +1,4 @@
-"""DiME's ``core/image_datasets.py:CelebADataset`` as a torch dataset (reference/dime_ace.md §3.3): PIL
+"""DiME's ``core/image_datasets.py:CelebADataset`` as a torch dataset (docs/upstream/dime_ace.md §3.3): PIL
 ``Resize(size)`` (short side, bilinear) → ``CenterCrop(size)`` → ``ToTensor`` → ``Normalize(0.5, 0.5)``, read from a
 CelebA root directly (no ``index.csv``): :class:`cfx.data.index_dataset.IndexDataset` with the ``celeba`` layout, whose
 split filter, id lookup, transform and labels it uses. Kept apart from :mod:`cfx.data.celeba` so that planning a

@@ -1,7 +1,7 @@
 """Images of any indexed dataset (``results/data/{dataset}/index.csv``, :mod:`cfx.data.layouts`) as the
 ``(i, image, label)`` torch dataset that generation and GCD's steps read, with each layout's upstream transform:
 
-* ``celeba``: DiME's ``core/image_datasets.py:CelebADataset`` (reference/dime_ace.md §3.3): PIL ``Resize(s)`` (short
+* ``celeba``: DiME's ``core/image_datasets.py:CelebADataset`` (docs/upstream/dime_ace.md §3.3): PIL ``Resize(s)`` (short
   side, bilinear) → ``CenterCrop(s)`` → ``ToTensor``; :class:`cfx.data.celeba_dataset.CelebADataset` is this
   dataset on a CelebA root read directly, without an index (training reads it that way);
 * ``celebahq``: ACE's ``guided_diffusion/image_datasets.py:CelebAHQDataset`` (§3.3): the same Resize + CenterCrop;
@@ -17,7 +17,7 @@
 * ``flowers102``: torchvision's ``Flowers102`` splits, the class index (0..101) as label, RGB, LDCE's
   ``Resize((256, 256))`` (``stretch``);
 * ``chexpert``: single-channel images (PIL ``L``, tensors 1×s×s), as GCD's CheXpert DiffAE (``in_channels 1``) and
-  classifier (``assert x.shape[1] == 1``) take them (reference/ldce_gcd_svce.md §2.2, §2.7). GCD reads PNGs already
+  classifier (``assert x.shape[1] == 1``) take them (docs/upstream/ldce_gcd_svce.md §2.2, §2.7). GCD reads PNGs already
   at 224 px and resizes nothing; the official images are larger and not square, so they get Resize(s) + CenterCrop(s)
   (``center_crop``, cfx's choice; a method's ``image_resize`` may say ``stretch``). Label: the finding the query
   label names among GCD's classifier outputs (:func:`cfx.data.layouts.chexpert_finding`), 1 if positive, else 0

@@ -1,19 +1,19 @@
 """Real dataset layouts of the paper suite besides CelebA: validation and the index every later rule reads.
 
-CelebA-HQ follows ACE's ``CelebAHQDataset`` (reference/dime_ace.md §3.3): ``CelebAMask-HQ-attribute-anno.txt``
+CelebA-HQ follows ACE's ``CelebAHQDataset`` (docs/upstream/dime_ace.md §3.3): ``CelebAMask-HQ-attribute-anno.txt``
 (count line, 40 attribute names, ``<n>.jpg`` + 40 values ±1), ``CelebA-HQ-to-CelebA-mapping.txt``
 (``idx orig_idx orig_file``), CelebA's ``list_eval_partition.csv`` merged through ``orig_file``, images
 ``CelebA-HQ-img/<n>.jpg``. ImageNet val is the ImageFolder layout (``<wnid>/ILSVRC2012_val_<8 digits>.JPEG``,
-reference/ldce_gcd_svce.md §1.8), indexed in the standard 50 000-image order (by val number), label = sorted wnid index.
-BDD-OIA follows ACE's ``BDDOIADataset`` (taken from STEEX's ``data/bdd_dataset.py``; reference/dime_ace.md §3.3): the
-val split of the ``lastframe`` release, ``val_25k_images_actions.json`` + ``val_25k_images_reasons.json`` and the
-images ``data/<file_name>``, one column per action (forward, stop, left, right).
+docs/upstream/ldce_gcd_svce.md §1.8), indexed in the standard 50 000-image order (by val number), label = sorted wnid
+index. BDD-OIA follows ACE's ``BDDOIADataset`` (taken from STEEX's ``data/bdd_dataset.py``;
+docs/upstream/dime_ace.md §3.3): the val split of the ``lastframe`` release, ``val_25k_images_actions.json`` +
+``val_25k_images_reasons.json`` and the images ``data/<file_name>``, one column per action (forward, stop, left, right).
 Oxford-IIIT Pets is torchvision's ``OxfordIIITPet`` folder (LDCE's ``data/datasets.py:OxfordIIIPets`` reads it with
-``split="test"``, reference/ldce_gcd_svce.md §1.8): ``oxford-iiit-pet/annotations/test.txt`` (``<image_id> <class id
+``split="test"``, docs/upstream/ldce_gcd_svce.md §1.8): ``oxford-iiit-pet/annotations/test.txt`` (``<image_id> <class id
 1..37> <species 1..2> <breed id>``), images ``oxford-iiit-pet/images/<image_id>.jpg``; indexed in ``test.txt``'s order
 (torchvision's), label = class id − 1.
 Oxford Flowers-102 is torchvision's ``Flowers102`` folder (LDCE's ``data/datasets.py:Flowers102``, ``split="test"``,
-reference/ldce_gcd_svce.md §1.8): ``flowers-102/imagelabels.mat`` (``labels``, 1..102 per image number),
+docs/upstream/ldce_gcd_svce.md §1.8): ``flowers-102/imagelabels.mat`` (``labels``, 1..102 per image number),
 ``flowers-102/setid.mat`` (``trnid``, ``valid``, ``tstid``: 1-based image numbers) and
 ``flowers-102/jpg/image_<5 digits>.jpg``; indexed train, val, test (partitions 0, 1, 2), each in its ``setid.mat``
 order (torchvision's), label = class − 1 (0..101) as torchvision ≥ 0.13's; LDCE's ``x - 1`` target transform gives the
@@ -60,7 +60,7 @@ BDD_OIA_URL = ("https://github.com/Twizwei/bddoia_project (BDD-OIA, the lastfram
                "val_25k_images_actions.json, val_25k_images_reasons.json)")
 BDD_OIA_IMAGES, BDD_OIA_ACTIONS_JSON, BDD_OIA_REASONS_JSON = (
     "data", "val_25k_images_actions.json", "val_25k_images_reasons.json")
-# the first four BDD-OIA action labels, the outputs of STEEX's BDD decision classifier (reference/dime_ace.md §2.6);
+# the first four BDD-OIA action labels, the outputs of STEEX's BDD decision classifier (docs/upstream/dime_ace.md §2.6);
 # an experiment's query_label indexes them
 BDD_OIA_ACTIONS = ("forward", "stop", "left", "right")
 PETS_URL = ("torchvision.datasets.OxfordIIITPet(root, split='test', download=True), or images.tar.gz and "
@@ -429,13 +429,13 @@ WIDE_LAYOUTS = ("bdd100k", *ACTION_LAYOUTS)
 IMAGE_LAYOUTS = (*SQUARE_LAYOUTS, *WIDE_LAYOUTS)
 # How an image is brought to the networks' size, as each upstream loader does it:
 #   center_crop      Resize(s) (short side, bilinear) + CenterCrop(s): DiME CelebADataset, ACE CelebAHQDataset, ACE's
-#                    ImageNet ImageFolder (reference/dime_ace.md §3.3); CheXpert: cfx's choice (GCD reads PNGs
+#                    ImageNet ImageFolder (docs/upstream/dime_ace.md §3.3); CheXpert: cfx's choice (GCD reads PNGs
 #                    already at 224 px and resizes nothing; how it made them is not in its repository)
-#   stretch          Resize((H, W)), bilinear, aspect distorted: LDCE's ImageNet (reference/ldce_gcd_svce.md §1.8)
+#   stretch          Resize((H, W)), bilinear, aspect distorted: LDCE's ImageNet (docs/upstream/ldce_gcd_svce.md §1.8)
 #                    and Oxford-IIIT Pets (scripts/ldce.py:get_dataset: Resize((256, 256)), its CenterCrop commented
 #                    out) and Flowers-102 (Resize((256, 256)))
-#   stretch_bicubic  Resize((H, W)), bicubic: ACE's BDD10KCE and BDDOIADataset (dime_ace.md §3.3), SVCE's ImageNet
-#                    (ldce_gcd_svce.md §3.3)
+#   stretch_bicubic  Resize((H, W)), bicubic: ACE's BDD10KCE and BDDOIADataset (docs/upstream/dime_ace.md §3.3),
+#                    SVCE's ImageNet (docs/upstream/ldce_gcd_svce.md §3.3)
 RESIZES = ("center_crop", "stretch", "stretch_bicubic")
 DEFAULT_RESIZE = {"celeba": "center_crop", "celebahq": "center_crop", "imagenet_val": "center_crop",
                   "bdd100k": "stretch_bicubic", "bdd_oia": "stretch_bicubic", "chexpert": "center_crop",

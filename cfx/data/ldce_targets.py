@@ -1,4 +1,4 @@
-"""LDCE's target classes on ImageNet (reference/ldce_gcd_svce.md §1.5).
+"""LDCE's target classes on ImageNet (docs/upstream/ldce_gcd_svce.md §1.5).
 
 * Per-image targets: upstream's ``data/image_idx_to_tgt.yaml`` maps each of the 50 000 val images, by its position
   in ``torchvision.datasets.ImageFolder`` order (class folders sorted by wnid, files sorted by name), to one target

@@ -1,4 +1,4 @@
-"""DiME's and ACE's CelebA mini-val (``--dataset CelebAMV``, reference/dime_ace.md §3.3).
+"""DiME's and ACE's CelebA mini-val (``--dataset CelebAMV``, docs/upstream/dime_ace.md §3.3).
 
 Upstream's ``utils/minival.csv`` (``utils/create-mini-val.py``: ``random.seed(5)``, 1 000 draws *with replacement*
 from the val split, sorted; 966 unique images) lists the images DiME's ``CelebAMiniVal`` reads, in file order, with

@@ -1,4 +1,4 @@
-"""SVCE's target selection: disjoint WordNet clusters of ImageNet classes (reference/ldce_gcd_svce.md §3.2).
+"""SVCE's target selection: disjoint WordNet clusters of ImageNet classes (docs/upstream/ldce_gcd_svce.md §3.2).
 
 Upstream (``imagenet_visual_transfer_hierachy.py`` with MadryLab/robustness
 ``robustness/tools/imagenet_helpers.py:ImageNetHierarchy``): the WordNet is-a tree is read from

@@ -1,6 +1,6 @@
 """Image quantisation, atomic saving and loading exactly as the upstream savers do it.
 
-Quantisation (reference/dime_ace.md §1.6, §2.9): DiME writes the input as ``uint8(255·(x/2 + 0.5))``
+Quantisation (docs/upstream/dime_ace.md §1.6, §2.9): DiME writes the input as ``uint8(255·(x/2 + 0.5))``
 (truncation, no clamp; ``main.py``), the CF and the noise as ``uint8(clamp((x'+1)·127.5, 0, 255))``; ACE writes
 ``uint8(255·v)`` for v in [0,1]. DiME saves JPEG at PIL's default quality (75), ACE PNG.
 """

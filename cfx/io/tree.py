@@ -1,4 +1,4 @@
-"""The DiME/ACE output tree (DiME ``core/sample_utils.py:ImageSaver``; reference/dime_ace.md §3.1).
+"""The DiME/ACE output tree (DiME ``core/sample_utils.py:ImageSaver``; docs/upstream/dime_ace.md §3.1).
 
     Original/{Correct,Incorrect}/<stem>.<ext>
     Results/<exp>/{CC,IC}/{CCF,ICF}/{CF,Noise,SM,Info}/<stem>.<ext|txt>
@@ -26,7 +26,7 @@ SUBSETS = ("CC/CCF", "CC/ICF", "IC/CCF", "IC/ICF")
 LEAVES = ("CF", "Noise", "SM", "Info")
 INFO_KEYS = (("label", "label"), ("pred", "pred"), ("target", "target"), ("cf pred", "cf_pred"),
              ("BKL", "bkl"), ("l_1", "l_1"))
-# ACE writes l_inf instead of BKL (reference/dime_ace.md §2.9)
+# ACE writes l_inf instead of BKL (docs/upstream/dime_ace.md §2.9)
 ACE_INFO_KEYS = (("label", "label"), ("pred", "pred"), ("target", "target"), ("cf pred", "cf_pred"),
                  ("l_inf", "l_inf"), ("l_1", "l_1"))
 # SVCE: DiME's keys (BKL = 1 − p(target | x')) plus the radius and the per-image confidences upstream never saves

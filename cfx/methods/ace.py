@@ -1,8 +1,8 @@
 """ACE: Adversarial Counterfactual Explanations (Jeanneret et al., CVPR 2023).
 
-Faithful to ``guillaumejs2403/ACE`` ``main.py`` and ``core/attacks_and_models.py`` (reference/dime_ace.md
-§2): a PGD attack on ``x ∈ [0,1]`` against ``C(F_τ(x'))``, where the filter ``F_τ`` noises ``2x−1`` to
-respaced index K−1 and denoises K steps (stochastically, fresh noise at every evaluation); the
+Faithful to ``guillaumejs2403/ACE`` ``main.py`` and ``core/attacks_and_models.py``
+(docs/upstream/dime_ace.md §2): a PGD attack on ``x ∈ [0,1]`` against ``C(F_τ(x'))``, where the filter ``F_τ``
+noises ``2x−1`` to respaced index K−1 and denoises K steps (stochastically, fresh noise at every evaluation); the
 classification loss is averaged over the batch while the l1 distance is summed, so results depend on the
 batch size as upstream's do: each image's classifier gradient carries a factor 1/B, so a batch of B weighs the l1
 term B times more (a partial last batch, or a retry with half the batch, included). ``batch_reference: R`` (not
@@ -88,7 +88,7 @@ def filter_steps(unet, diffusion, k: int, noise: torch.Tensor, stochastic: bool)
 def classification_loss(logits: torch.Tensor, targets: torch.Tensor, multiclass: bool,
                         batch_reference: int | None = None) -> torch.Tensor:
     """Upstream's criterion: BCEWithLogits (binary) or CrossEntropy (multiclass), mean over the batch
-    (``core/attacks_and_models.py``, reference/dime_ace.md §2.3); with ``batch_reference`` R the sum over the batch
+    (``core/attacks_and_models.py``, docs/upstream/dime_ace.md §2.3); with ``batch_reference`` R the sum over the batch
     divided by R, so each image's gradient is the one it has in a batch of R whatever the batch size."""
     reduction = "mean" if batch_reference is None else "sum"
     if multiclass:

@@ -1,14 +1,14 @@
 """DiME: Diffusion Models for Counterfactual Explanations (Jeanneret et al., ACCV 2022).
 
 Faithful to ``guillaumejs2403/DiME`` ``main.py`` and ``core/sample_utils.py:get_DiME_iterative_sampling``
-(reference/dime_ace.md §1.2–1.4): z_τ = q_sample(x, τ) on the respaced schedule; outer steps i = τ−1 … 0
+(docs/upstream/dime_ace.md §1.2–1.4): z_τ = q_sample(x, τ) on the respaced schedule; outer steps i = τ−1 … 0
 (note the one-step offset: noise at τ, first denoising call at τ−1); at each step the mean is guided by
 ``μ ← μ − Σ ⊙ g`` with g = the classifier gradient on the clean estimate x_t ÷ √ᾱ_i, the l1 gradient on the
 noisy z_t against x (not rescaled), and the perceptual gradient on x_t ÷ √ᾱ_i; x_t is refreshed by an
 unguided stochastic DDPM run from z to 0. Unflipped images are retried with the next classifier scale from
 the same z_τ (an image's generator continues across its attempts, as upstream's global stream does).
 
-Deviation (README "Deviations from upstream"): every random draw — the q_sample noise and the noise of every
+Deviation (docs/deviations.md): every random draw — the q_sample noise and the noise of every
 outer and nested step — comes from the image's own generator (``cfx.runtime.seeding``), so an image's CF does not
 depend on the batch, the batch size or the chunking; the draws that upstream multiplies by 0 (step i = 0) are
 not made. Everything else, including the τ offset, is as upstream.

@@ -1,6 +1,6 @@
 """GCD: Global Counterfactual Directions (Sobieski & Biecek, ECCV 2024; ``sobieskibj/gcd``).
 
-Three parts (reference/ldce_gcd_svce.md §2):
+Three parts (docs/upstream/ldce_gcd_svce.md §2):
 
 * **Direction search** (:func:`search_directions`, ``gcd/src/strategies/single_image_gmc_mlp_proxy_training.py``):
   around one source image's semantic code z_src = Enc(x) (x_T = its DDIM inversion, kept fixed), each iteration
@@ -19,9 +19,10 @@ Three parts (reference/ldce_gcd_svce.md §2):
 
 **Sign convention (one, everywhere).** Every direction d is a unit vector such that moving z_src + s·d with s > 0
 decreases the counterfactual loss L, i.e. moves AWAY from the source image's predicted class (to first order).
-Upstream mixes two conventions (reference §2.10 P-G7): the search moves z − s·g with g = ∇L, BB-LIG moves
-z + σ·α·d with d "increasing the target probability". Here a g-direction is d = −∇L/‖∇L‖, an h-direction is the
-eigenvector oriented so that d·∇L ≤ 0, and an image whose predicted class differs from the source's moves along −d.
+Upstream mixes two conventions (docs/upstream/ldce_gcd_svce.md §2.10 P-G7): the search moves z − s·g with g = ∇L,
+BB-LIG moves z + σ·α·d with d "increasing the target probability". Here a g-direction is d = −∇L/‖∇L‖, an
+h-direction is the eigenvector oriented so that d·∇L ≤ 0, and an image whose predicted class differs from the
+source's moves along −d.
 
 The counterfactual loss (``losses/counterfactual_loss_from_general_components.py``) is
 L_w(z) = w_cls·σ_src·logit_q(z) + w_lpips·lpips(z), σ_src = +1 if the source is predicted positive for the query
@@ -45,7 +46,8 @@ from torch import nn
 from cfx.methods import MethodOutput, check_inputs
 
 DEFAULTS: dict[str, Any] = {
-    # direction search (CelebA-HQ config of gcd/configs/single_image_gmc_mlp_proxy_training, reference §2.3)
+    # direction search (CelebA-HQ config of gcd/configs/single_image_gmc_mlp_proxy_training,
+    # docs/upstream/ldce_gcd_svce.md §2.3)
     "n_iters": 52,
     "n_steps_dae": 8,
     "dae_batch_size": 128,

@@ -2,7 +2,7 @@
 
 Faithful to ``lmb-freiburg/ldce`` ``ldm/models/diffusion/cc_ddim.py`` (``CCMDDIMSampler.conditional_score``,
 ``get_output``, ``p_sample_ddim``, ``decode``) and ``sampling_helpers.py`` (``cone_project*``,
-``_renormalize_gradient``); spec reference/ldce_gcd_svce.md §1.2–1.3. Per image: z0 = scale·E(x); z = DDIM
+``_renormalize_gradient``); spec docs/upstream/ldce_gcd_svce.md §1.2–1.3. Per image: z0 = scale·E(x); z = DDIM
 ``stochastic_encode`` at ``t_enc = int(strength · ddim_steps)``; then DDIM indices t_enc−1 … 0, each with
 
 * "projected" guidance (the default here): the UNet on [z; z] with [uc; c] gives ε_u, ε_c; the clean latent of the
@@ -16,7 +16,7 @@ Faithful to ``lmb-freiburg/ldce`` ``ldm/models/diffusion/cc_ddim.py`` (``CCMDDIM
 
 and the deterministic DDIM update (η = 0). Finally x_cf = clamp((D(z)+1)/2, 0, 1).
 
-Upstream pain points not reproduced (README "Deviations from upstream"): no 6-second-per-step watchdog that exits
+Upstream pain points not reproduced (docs/deviations.md): no 6-second-per-step watchdog that exits
 the process, a partial last batch works, per-step frames are kept only when ``record_intermediate`` is set,
 outputs are overwritten on rerun (the output tree), and every random draw (the encoding noise, a KL posterior
 sample) comes from the image's own generator instead of one seed-0 draw shared by the batch.

@@ -1,6 +1,6 @@
 """SVCE: Sparse Visual Counterfactual Explanations in Image Space (Boreiko et al., 2022, arXiv 2205.07972).
 
-Faithful to ``valentyn1boreiko/SVCEs_code`` (reference/ldce_gcd_svce.md §3): a targeted Auto-Frank-Wolfe attack
+Faithful to ``valentyn1boreiko/SVCEs_code`` (docs/upstream/ldce_gcd_svce.md §3): a targeted Auto-Frank-Wolfe attack
 (``utils/adversarial_attacks/afw.py:AFWAttack``) that maximises the target's log-confidence
 log softmax(f(x')/T)[t] over the ℓp ball ∩ [0,1]^d around the input (p = 1.5, radii 50/75/100 at 224²,
 75 iterations, step size α = 0.75 halved at APGD checkpoints), started from a random vertex of the feasible set,
@@ -14,7 +14,7 @@ nearest-neighbour upsampling get the same ℓp budget per pixel). At 224² the r
 Binary tasks (one query logit z per image, as DiME/ACE's CelebA classifiers): the classifier's two-class logits
 are (0, z), so softmax = (1 − σ(z), σ(z)) and the target defaults to 1 − prediction, as DiME's.
 
-Deviations (README "Deviations from upstream"): the random start of each (image, radius) comes from the image's
+Deviations (docs/deviations.md): the random start of each (image, radius) comes from the image's
 own generator; the LMO runs in float64 and uses exact zeros where upstream clamps x to [1e-22, 1 − 1e-22].
 Kept quirk: the first step-size checkpoint compares the first loss with the unwritten last entry of the loss
 history (zero), as upstream's ``check_oscillation`` indexing does.

@@ -32,7 +32,7 @@ METRICS = {
     "l2": "cfx.metrics.closeness",
 }
 
-# Which instances each metric reads (reference/dime_ace.md §4 table).
+# Which instances each metric reads (docs/upstream/dime_ace.md §4 table).
 SUCCESSFUL = ("CC/CCF", "IC/CCF")
 CORRECTLY_CLASSIFIED = ("CC/CCF", "CC/ICF")
 ALL_SUBSETS = ("CC/CCF", "CC/ICF", "IC/CCF", "IC/ICF")

@@ -2,7 +2,7 @@
 
 Reference correlations ``ρ_data[i] = Pearson(a_q, a_i)`` over the dataset's **train** partition labels (−1 → 0);
 CF correlations ``ρ_cf[i] = Pearson over successful CFs of (Δ_i, Δ_q)`` with ``Δ = o(x') − o(x)`` the oracle
-decision change; ``CD = Σ_i |ρ_cf[i] − ρ_data[i]|`` (reference/dime_ace.md §4.3). An undefined ``ρ_cf`` (an
+decision change; ``CD = Σ_i |ρ_cf[i] − ρ_data[i]|`` (docs/upstream/dime_ace.md §4.3). An undefined ``ρ_cf`` (an
 attribute the CFs never change) is 0 as in ACE (DiME's script propagates NaN); an undefined ``ρ_data`` (an
 attribute constant on the train split, which real CelebA never has but the generated data does) is 0 too.
 """

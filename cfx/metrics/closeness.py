@@ -1,5 +1,5 @@
 """ℓ1 and ℓ2 closeness: flattened norms of ``x' − x`` on [0,1] images, averaged over pairs (LDCE dev repo
-``compute_lpnorms.py``, reference/ldce_gcd_svce.md §1.10; computed from the saved images, not from LDCE's
+``compute_lpnorms.py``, docs/upstream/ldce_gcd_svce.md §1.10; computed from the saved images, not from LDCE's
 truncated ``closness_*`` fields, P-L14). Read over every processed image, as LDCE's script reads every pair.
 """
 

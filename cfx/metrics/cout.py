@@ -7,7 +7,7 @@ the softmax of each image's source class (its prediction, = its label for the co
 and of its target class, both from its Info file, so the two directions of a pair are scored in one pass (LDCE's
 dev scripts average the directions; the mean over images weights them by their counts).
 ``AUC(c) = (c_0/2 + Σ c_{1..n−1} + c_n/2)·s/HW``; ``COUT = mean(AUC(c') − AUC(c))`` over correctly classified inputs
-(reference/dime_ace.md §4.6). Inputs in [0,1] as upstream, fed to the classifier as [−1,1] (ACE wraps it in
+(docs/upstream/dime_ace.md §4.6). Inputs in [0,1] as upstream, fed to the classifier as [−1,1] (ACE wraps it in
 ``Normalizer(0.5, 0.5)``: the same thing).
 """
 

@@ -2,7 +2,7 @@
 
 Both scripts copy ``Original/{Correct,Incorrect}/*`` (every processed image, whether its CF succeeded or not) into
 ``real`` and ``Results/EXP/{CC,IC}/CCF/CF/*`` into ``cf``, then run ``python -m pytorch_fid real cf``
-(reference/dime_ace.md §4.4). cfx computes the same without copies, with pytorch-fid's conventions: images read
+(docs/upstream/dime_ace.md §4.4). cfx computes the same without copies, with pytorch-fid's conventions: images read
 as RGB ``ToTensor`` ([0,1]), batches of 50, InceptionV3 pool3 (bilinear resize to 299 inside), activations in
 float64, ``np.mean``/``np.cov(rowvar=False)`` and pytorch-fid's ``calculate_frechet_distance``.
 

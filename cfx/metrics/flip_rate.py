@@ -1,7 +1,7 @@
 """Flip rate: the fraction of processed images whose counterfactual is classified as the target.
 
 DiME ``main.py`` writes it as ``cf acc`` in ``summary.yaml`` (``#(pred_cf == target) / n``), ACE as ``cf``;
-the papers report it ×100 as "FR" (reference/dime_ace.md §1.6, §2.9). Read here from the Info files of the
+the papers report it ×100 as "FR" (docs/upstream/dime_ace.md §1.6, §2.9). Read here from the Info files of the
 tree: an image is flipped iff it sits under ``CCF`` (``cf pred == target``).
 """
 

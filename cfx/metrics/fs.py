@@ -1,4 +1,4 @@
-"""FS, face similarity (ACE ``compute_FVA.py``'s ``mean dist``; reference/dime_ace.md §4.1).
+"""FS, face similarity (ACE ``compute_FVA.py``'s ``mean dist``; docs/upstream/dime_ace.md §4.1).
 
 The mean over successful CFs of the cosine similarity between the VGGFace2 ``resnet50_ft`` features of the CF
 and of its original — the same cosines as FVA (:mod:`cfx.metrics.fva`), averaged instead of thresholded. ACE

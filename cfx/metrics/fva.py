@@ -1,4 +1,4 @@
-"""FVA, face verification accuracy (DiME/ACE ``compute_FVA.py``; reference/dime_ace.md §4.1).
+"""FVA, face verification accuracy (DiME/ACE ``compute_FVA.py``; docs/upstream/dime_ace.md §4.1).
 
 Per successful CF, ``cos = CosineSimilarity(dim=1)(f(x), f(x'))`` with ``f`` the VGGFace2 ResNet-50
 ``resnet50_ft`` pooled features (2048-d, ``include_top=False``) of the 224² BGR mean-subtracted images;

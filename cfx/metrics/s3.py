@@ -1,4 +1,4 @@
-"""S³, SimSiam similarity (ACE ``compute_SimSiamSimilarity.py``; reference/dime_ace.md §4.7).
+"""S³, SimSiam similarity (ACE ``compute_SimSiamSimilarity.py``; docs/upstream/dime_ace.md §4.7).
 
 For every correctly classified input (``CC/{CCF,ICF}``, successful or not), the cosine similarity of the SimSiam
 ResNet-50 projector outputs ``z`` of the original and of the CF; images /255, ImageNet mean/std, no resize; eval

@@ -1,11 +1,11 @@
 """sFID, the split FID of ACE (``compute_sFID.sh``): no counterfactual is compared with its own original.
 
-Upstream (reference/dime_ace.md §4.4): list the originals, ``shuf`` them (unseeded), ``split1`` = the last
+Upstream (docs/upstream/dime_ace.md §4.4): list the originals, ``shuf`` them (unseeded), ``split1`` = the last
 ⌊N/2⌋ names, ``split2`` = the first ⌊N/2⌋ (one name dropped when N is odd); the CFs of a split are the successful
 CFs with those names. ``sFID = (FID(real/split1, cf/split2) + FID(real/split2, cf/split1)) / 2``. cfx shuffles
 the sorted names with ``random.Random(seed)`` (option ``seed``, default 0), so a value can be reproduced.
 
-Option ``class_balanced`` (LDCE's sFID, reference/ldce_gcd_svce.md §1.10 (a), used for CelebA-HQ; in LDCE's
+Option ``class_balanced`` (LDCE's sFID, docs/upstream/ldce_gcd_svce.md §1.10 (a), used for CelebA-HQ; in LDCE's
 ``compute_fid.py`` it is the branch taken when its ``--class_balanced`` flag is *off*): the instances are grouped
 by source class (the tree's Info ``label``), each class's names sorted, its first ⌊n/2⌋ go to one half and the
 rest to the other; no shuffling. A tree gives the classes; two bare folders do not, so

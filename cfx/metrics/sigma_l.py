@@ -2,7 +2,7 @@
 
 The same experiment is run with K seeds; for every stem present (with a CF, successful or not) in all K
 trees, ``σ = mean_{i<j} LPIPS_vgg(x'_i, x'_j)`` on [−1,1] images (``lpips.LPIPS(net='vgg')``,
-``normalize=False``); ``σ_L`` = mean over stems (reference/dime_ace.md §4.5). The workflow runs the extra
+``normalize=False``); ``σ_L`` = mean over stems (docs/upstream/dime_ace.md §4.5). The workflow runs the extra
 seeds as experiments ``{experiment}_seed{s}`` (suite key ``metrics.sigma_l.seeds``) and passes their trees.
 """
 

@@ -1,5 +1,5 @@
-"""GCD's CheXpert classifier: MONAI's DenseNet-264 behind GCD's ``DenseNetCheXpert`` wrapper (reference/ldce_gcd_svce.md
-§2.3, §2.7).
+"""GCD's CheXpert classifier: MONAI's DenseNet-264 behind GCD's ``DenseNetCheXpert`` wrapper
+(docs/upstream/ldce_gcd_svce.md §2.3, §2.7).
 
 **Upstream** (sobieskibj/gcd ``gcd/src/classifiers/dense_net_chexpert.py``; the same network in
 ``bblig/src/classifier/densenet_chexpert.py``): ``DenseNetCheXpert.classifier = monai.networks.nets.DenseNet264(

@@ -13,7 +13,7 @@ Upstream (DiME ``core/classifier/densenet.py``, taken from DiVE's ``src/models/d
 
 This module keeps that nesting so the file loads with ``strict=True``. Inputs are [−1,1] images fed without
 further normalisation (DiME; ACE's ``Normalizer(0.5, 0.5)`` on [0,1] is the same map). The forward of the
-query wrapper returns ``logit[:, query_label]`` as DiME's ``ClassificationModel`` (reference/dime_ace.md §5).
+query wrapper returns ``logit[:, query_label]`` as DiME's ``ClassificationModel`` (docs/upstream/dime_ace.md §5).
 
 Mini suite: the same code at reduced width, ``growth_rate=12, block_config=(2, 2, 2, 2),
 num_init_features=24`` (60-d features, ≈ 70 k parameters; workflow/suites/mini.yaml).

@@ -57,7 +57,7 @@ BASE_FLAGS: dict[str, Any] = {
     "beta_scheduler": "linear",
 }
 
-#: The DiffAE configurations GCD uses (reference/ldce_gcd_svce.md §2.2).
+#: The DiffAE configurations GCD uses (docs/upstream/ldce_gcd_svce.md §2.2).
 TEMPLATES: dict[str, dict[str, Any]] = {
     # phizaz/diffae templates.py:ffhq256_autoenc (GCD uses the FFHQ model on CelebA-HQ)
     "ffhq256_autoenc": {"img_size": 256, "net_ch": 128, "net_ch_mult": (1, 1, 2, 2, 4, 4),
@@ -438,7 +438,7 @@ class DiffAE:
         self.encoder_sampler = DDIM(T_encode, num_timesteps, schedule, autocast)
         self.render_sampler = DDIM(T_render, num_timesteps, schedule, autocast)
         self.batch_size = batch_size
-        self.calls = 0  # UNet evaluations on one image each (cost accounting, reference §2.6)
+        self.calls = 0  # UNet evaluations on one image each (cost accounting, docs/upstream/ldce_gcd_svce.md §2.6)
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         self.calls += x.shape[0]

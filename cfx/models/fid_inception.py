@@ -1,7 +1,7 @@
 """pytorch-fid's InceptionV3 (FID, sFID), loaded from where pytorch-fid caches its weights, never downloaded.
 
-``python -m pytorch_fid`` (used by DiME ``compute-fid.sh``, ACE ``compute_FID.sh``/``compute_sFID.sh``; reference
-dime_ace.md §4.4) builds ``InceptionV3([3])`` (pool3, 2048-d), whose ``fid_inception_v3`` fetches
+``python -m pytorch_fid`` (used by DiME ``compute-fid.sh``, ACE ``compute_FID.sh``/``compute_sFID.sh``;
+docs/upstream/dime_ace.md §4.4) builds ``InceptionV3([3])`` (pool3, 2048-d), whose ``fid_inception_v3`` fetches
 ``FID_WEIGHTS_URL`` with ``torch.hub.load_state_dict_from_url``: the file lives in
 ``$TORCH_HOME/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth`` (``torch.hub.get_dir()``). cfx builds the same
 module but reads that file itself with ``torch.load(weights_only=True)`` (torch.hub's loader unpickles

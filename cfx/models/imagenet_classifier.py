@@ -2,8 +2,8 @@
 
 * ``torchvision_resnet50``: ``torchvision.models.resnet50(pretrained=True)`` (IMAGENET1K_V1, ``resnet50-0676ba61.pth``)
   behind ImageNet mean/std on [0,1]. ACE (``core/attacks_and_models.py`` ``Normalizer``) feeds it the whole 256² image
-  (reference/dime_ace.md §5); LDCE (``scripts/ldce.py:get_classifier_logits``) centre-crops 224 first
-  (reference/ldce_gcd_svce.md §1.4): ``center_crop=224``.
+  (docs/upstream/dime_ace.md §5); LDCE (``scripts/ldce.py:get_classifier_logits``) centre-crops 224 first
+  (docs/upstream/ldce_gcd_svce.md §1.4): ``center_crop=224``.
 * ``madry_ft``: SVCE's "Madry + FT" ResNet-50 with its temperature (:mod:`cfx.models.robust_resnet`).
 
 Both checkpoints are plain torchvision state dicts, loaded strictly and weights-only.

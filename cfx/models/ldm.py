@@ -689,7 +689,7 @@ def build_ldm(config: dict[str, Any]) -> LatentDiffusion:
 
 
 # The model.params of configs/latent-diffusion/cin256-v2.yaml and configs/stable-diffusion/v1-inference.yaml, the
-# parts that shape the networks and the schedule (reference/ldce_gcd_svce.md §1.4)
+# parts that shape the networks and the schedule (docs/upstream/ldce_gcd_svce.md §1.4)
 CIN256_V2: dict[str, Any] = {
     "linear_start": 0.0015, "linear_end": 0.0195, "timesteps": 1000, "conditioning_key": "crossattn",
     "unet_config": {"params": {

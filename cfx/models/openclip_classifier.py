@@ -1,7 +1,8 @@
 """LDCE's zero-shot Oxford-IIIT Pets classifier: OpenCLIP ViT-B-32 (``laion2b_s34b_b79k``) on [−1,1] images.
 
 Upstream (``scripts/ldce.py:get_classifier``, ``utils/vision_language_wrapper.py``, ``utils/preprocessor.py``;
-reference/ldce_gcd_svce.md §1.4): ``open_clip.create_model_and_transforms('ViT-B-32', pretrained='laion2b_s34b_b79k')``,
+docs/upstream/ldce_gcd_svce.md §1.4):
+``open_clip.create_model_and_transforms('ViT-B-32', pretrained='laion2b_s34b_b79k')``,
 ``open_clip.get_tokenizer('ViT-B-32')``, one prompt per class ``"a photo of a {label}, a type of pet."`` with the
 labels of ``data/pets_idx_to_label.json`` in file order; the text features are computed once and L2-normalised, and
 ``logits = 100 · normalise(encode_image(x)) @ text_features.T`` (a fixed 100, not the model's ``logit_scale``). With

@@ -2,7 +2,7 @@
 
 DiME ``core/sample_utils.py`` builds ``vgg19(pretrained=True).features[:layer]`` (layer 18 = conv1_1 …
 relu3_4) behind a normaliser that clamps to [−1,1], maps to [0,1] and applies the ImageNet mean/std
-(reference/dime_ace.md §1.4). The weights are torchvision's ``vgg19-dcbb9e9d.pth``; upstream downloads them
+(docs/upstream/dime_ace.md §1.4). The weights are torchvision's ``vgg19-dcbb9e9d.pth``; upstream downloads them
 at run time, here they are read from ``$TORCH_HOME/hub/checkpoints/`` (or a given path) and never fetched.
 """
 

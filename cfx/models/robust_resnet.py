@@ -2,7 +2,7 @@
 
 Upstream (``utils/load_trained_model.py:load_non_native_model('PytorchResNet50', 'l2_improved_3_ep')``,
 ``utils/model_normalization.py:ImageNetWrapper``, ``utils/temperature_wrapper.py:TemperatureWrapper``;
-reference/ldce_gcd_svce.md §3.3): ``torchvision.models.resnet50()`` loads the plain state dict
+docs/upstream/ldce_gcd_svce.md §3.3): ``torchvision.models.resnet50()`` loads the plain state dict
 ``ImageNetModels/PytorchModels/ResNet50/l2_improved_3_ep.pt`` (from ``madry_ft.zip``) strictly, inputs in [0,1]
 are normalised with mean (.485, .456, .406) and std (.229, .224, .225), and the logits are divided by
 T = 0.7155761122703552. Here the file is read weights-only.

@@ -1,4 +1,4 @@
-"""SimSiam ResNet-50 for ACE's S³ (reference/dime_ace.md §4.7).
+"""SimSiam ResNet-50 for ACE's S³ (docs/upstream/dime_ace.md §4.7).
 
 Architecture of facebookresearch/simsiam ``simsiam/builder.py`` (copied as ACE ``eval_utils/simsiam.py``):
 ``encoder`` = torchvision ``resnet50(num_classes=dim, zero_init_residual=True)`` whose ``fc`` becomes the 3-layer

@@ -1,5 +1,5 @@
 """STEEX's networks: the CelebA-HQ attribute oracle (ACE's MNAC/CD on CelebA-HQ) and the decision classifier the
-CelebA-HQ and BDD experiments explain (reference/dime_ace.md §4.2, §5; reference/ldce_gcd_svce.md §1.4).
+CelebA-HQ and BDD experiments explain (docs/upstream/dime_ace.md §4.2, §5; docs/upstream/ldce_gcd_svce.md §1.4).
 
 **Decision classifier** (STEEX ``models/DecisionDensenetModel.py``, copied by ACE and LDCE):
 ``DecisionDensenetModel(num_classes)``: ``feat_extract = DenseNet121()``, a wrapper whose own ``feat_extract`` is

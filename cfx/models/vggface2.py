@@ -8,7 +8,7 @@ the stride on the *first* 1×1 convolution (not on the 3×3 as in torchvision), 
   ``eval_utils/resnet50_facevgg2_FVA.py``): a pickle of a dict ``name → numpy array`` with torchvision-style names
   ``conv1.weight``, ``bn1.*``, ``layer{1..4}.{i}.conv{1,2,3}.weight``, ``….bn{1,2,3}.*``,
   ``….downsample.{0,1}.*``, ``fc.weight`` (8631, 2048), ``fc.bias``. FVA/FS build it with ``include_top=False``
-  and compare the (N, 2048, 1, 1) pooled features by cosine (reference/dime_ace.md §4.1).
+  and compare the (N, 2048, 1, 1) pooled features by cosine (docs/upstream/dime_ace.md §4.1).
 * The "dag" layout of the MatConvNet→PyTorch conversion (``Resnet50_128`` in DiME ``eval_utils/oracle_metrics.py``,
   ``Resnet50_ft_dag`` in STEEX ``models/OracleResnetModel.py``): flat Caffe names ``conv1_7x7_s2``,
   ``conv{s}_{b}_1x1_reduce``, ``conv{s}_{b}_3x3``, ``conv{s}_{b}_1x1_increase``, ``conv{s}_{b}_1x1_proj``, each

@@ -1,6 +1,6 @@
 """GPU leasing for jobs that Snakemake starts side by side (``--resources gpu=N``).
 
-Snakemake counts GPU jobs but never assigns devices (snakemake issue #281; reference/anchors.md C1), so each
+Snakemake counts GPU jobs but never assigns devices (snakemake issue #281; docs/upstream/anchors.md C1), so each
 GPU job leases a free device itself: a non-blocking ``flock`` on ``gpu<ID>.lock`` in a node-local folder,
 held for the life of the process and released by the kernel on any exit, SIGKILL included. An existing
 ``CUDA_VISIBLE_DEVICES`` (Slurm, a user) is respected: the lease picks one device within it, and

@@ -3,7 +3,7 @@
 Upstream DiME and ACE run the UNet with ``--use_fp16 True``: ``model.convert_to_fp16()`` puts the
 convolutions of the input, middle and output blocks in float16 while GroupNorm, the time embedding, the
 output layer and the attention softmax stay float32 (guided-diffusion ``fp16_util.py``, ``unet.py``;
-reference/dime_ace.md §1.1). ``auto`` does the same on CUDA and keeps float32 on the CPU, where float16
+docs/upstream/dime_ace.md §1.1). ``auto`` does the same on CUDA and keeps float32 on the CPU, where float16
 convolutions are slow. The classifier and the perceptual network always run in float32, as upstream.
 """
 

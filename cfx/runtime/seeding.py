@@ -1,7 +1,7 @@
 """Per-image random streams: one ``torch.Generator`` per image, seeded from (seed, method, image id).
 
 Upstream seeds once per process and walks its chunk, so each image's noise depends on the chunk count and
-the batch (reference/anchors.md A8, reference/dime_ace.md §7 item 21). Drawing every random number of an image
+the batch (docs/upstream/anchors.md A8, docs/upstream/dime_ace.md §7 item 21). Drawing every random number of an image
 from its own generator makes results independent of chunking, batch size and which GPU ran what.
 
 The generators live on the CPU and draws are moved to the compute device, so the noise is bit-identical on
