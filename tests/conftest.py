@@ -1,16 +1,10 @@
-"""Shared test fixtures: a tiny random ADM UNet and a trivially editable classifier."""
+"""Shared test fixtures: a tiny random ADM UNet. Shared helpers that are not fixtures (fake dataset roots, tiny
+networks and settings, the workflow in a temporary folder) are in tests/factories/."""
 
 import pytest
 import torch
 
 from cfx.models.adm import create_model
-
-
-class RedClassifier(torch.nn.Module):
-    """logit = 10 · mean of the red channel (a 'smile' any method can edit)."""
-
-    def forward(self, x):
-        return 10 * x[:, 0].mean(dim=(1, 2))
 
 
 @pytest.fixture(scope="module")

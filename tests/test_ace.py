@@ -15,7 +15,7 @@ from cfx.methods.ace import (
 )
 from cfx.models.diffusion import create_gaussian_diffusion
 from cfx.runtime.seeding import image_generators
-from tests.conftest import RedClassifier
+from tests.factories.networks import RedClassifier
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""BDD-OIA (ACE's ``BDDOIADataset``, from STEEX; reference/dime_ace.md §3.3): a generated stand-in of the lastframe
+"""BDD-OIA (ACE's ``BDDOIADataset``, from STEEX; docs/upstream/dime_ace.md §3.3): a generated stand-in of the lastframe
 release (``val_25k_images_actions.json``, ``val_25k_images_reasons.json``, ``data/``) is indexed in upstream's order
 and filter, read at 256x512 (bicubic, no crop) with the queried action as label, generation explains output
 ``query`` of a 4-output STEEX classifier (target = 1 - prediction), and a missing file says what to download."""
@@ -6,7 +6,6 @@ and filter, read at 256x512 (bicubic, no crop) with the queried action as label,
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -16,42 +15,12 @@ from PIL import Image
 from cfx.data.index_dataset import IndexDataset
 from cfx.data.layouts import BDD_OIA_ACTIONS, DatasetLayoutError, build_layout_index, image_shape
 from cfx.suite import SuiteError, load_suite, method_settings
+from tests.factories.datasets import IMAGES, SIZES, fake_bdd_oia
+from tests.factories.networks import BDD_FLAGS, DIFFUSION, save_unet, to_tensor
 from tests.published_formats import write_steex_decision_checkpoint
-from tests.test_index_dataset import BDD_FLAGS, DIFFUSION, _save_unet, _to_tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ROOT / "workflow" / "suites" / "paper.yaml"
-# (file name, category) in the JSON's own order (not sorted); ids are the annotations' positions, listed shuffled.
-# c.jpg's 5th label is 1 (upstream drops it); e.jpg is listed but not on disk (upstream skips it); d.jpg has 4 labels.
-IMAGES = [
-    ("b.jpg", [0, 1, 0, 1, 0]),
-    ("a.jpg", [1, 0, 1, 0, 0]),
-    ("c.jpg", [1, 0, 0, 0, 1]),
-    ("e.jpg", [0, 1, 1, 0, 0]),
-    ("d.jpg", [0, 1, 0, 0]),
-]
-SIZES = {"a.jpg": (64, 36), "b.jpg": (40, 30), "c.jpg": (48, 20), "d.jpg": (30, 18)}  # (width, height)
-
-
-def fake_bdd_oia(root: Path) -> Path:
-    """BDD-OIA lastframe layout with tiny lossless images: ``data/<file_name>`` and the val JSONs in upstream's
-    format (``{"images": [{"file_name", "id"}], "annotations": [{"category"}]}``; reasons a list of
-    ``{"file_name", "reason"}`` with 21 values)."""
-    ids = [3, 0, 4, 1, 2]  # image k's annotation sits at position ids[k]
-    annotations: list[dict | None] = [None] * len(IMAGES)
-    for (_, category), ident in zip(IMAGES, ids, strict=True):
-        annotations[ident] = {"category": category}
-    actions = {"images": [{"file_name": name, "id": ident} for (name, _), ident in zip(IMAGES, ids, strict=True)],
-               "annotations": annotations}
-    reasons = [{"file_name": name, "reason": [k % 2] * 21} for k, (name, _) in enumerate(IMAGES)]
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "val_25k_images_actions.json").write_text(json.dumps(actions))
-    (root / "val_25k_images_reasons.json").write_text(json.dumps(reasons[::-1]))
-    for k, (name, (width, height)) in enumerate(SIZES.items()):
-        (root / "data").mkdir(exist_ok=True)
-        pixels = np.random.default_rng(k).integers(0, 256, (height, width, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / "data" / name, format="PNG")  # lossless, whatever the suffix says
-    return root
 
 
 # ------------------------------------------------------------------------------------------------------- the index
@@ -126,7 +95,7 @@ def test_label_is_the_queried_action_and_images_bicubic_256x512(tmp_path):
         for k, name in enumerate(["a.jpg", "b.jpg", "d.jpg"]):
             position, image, label = dataset[k]
             with Image.open(root / "data" / name) as raw:
-                expected = _to_tensor(raw.convert("RGB").resize((512, 256), Image.BICUBIC))  # no crop
+                expected = to_tensor(raw.convert("RGB").resize((512, 256), Image.BICUBIC))  # no crop
             assert position == k and image.shape == (3, 256, 512)
             torch.testing.assert_close(image, expected, atol=1e-6, rtol=0)
             assert label.dtype == torch.long and int(label) == categories[name][0]
@@ -155,7 +124,7 @@ def test_ace_explains_the_queried_steex_output(tmp_path):
 
     root = fake_bdd_oia(tmp_path / "oia")
     build_layout_index("bdd_oia", root, tmp_path / "index.csv")
-    _save_unet(BDD_FLAGS, tmp_path / "ddpm.pt")
+    save_unet(BDD_FLAGS, tmp_path / "ddpm.pt")
     write_steex_decision_checkpoint(tmp_path / "bdd" / "checkpoint.tar", num_classes=4, seed=1)
     clf = {"kind": "steex_classifier", "dataset": "bdd_oia", "image_size": 256}
     experiment = {"dataset": "bdd_oia", "split": "val", "image_size": [32, 64], "query_label": 1, "classifier": "clf",
@@ -199,7 +168,7 @@ def test_paper_suite_bdd_oia_experiment_and_table5():
     assert table["tasks"] == {"forward": "bdd_oia_forward"} and table["methods"] == ["ace"]
     assert table["metrics"] == suite["tables"]["table2"]["metrics"] == ["fid", "sfid", "cout", "flip_rate"]
     fid = table["published"]["forward"]["ace"]["fid"]
-    assert fid["value"] == 2.09 and "reference/dime_ace.md §6.2" in fid["source"] and "unverified" in fid["source"]
+    assert fid["value"] == 2.09 and "docs/upstream/dime_ace.md §6.2" in fid["source"] and "unverified" in fid["source"]
     assert "BDD-OIA" in table["title"] and "ACE" in table["paper"]
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 import cfx.methods.gcd as gcd_module
 from cfx.data.index_dataset import IndexDataset
-from cfx.data.layouts import CHEXPERT_LABELS, GCD_CHEXPERT_OUTPUTS, build_layout_index, chexpert_positive
+from cfx.data.layouts import GCD_CHEXPERT_OUTPUTS, build_layout_index, chexpert_positive
 from cfx.generate import generate_chunk
 from cfx.io.tree import OutputTree, read_info
 from cfx.metrics import MetricContext, NetworkRef, NotApplicable
@@ -23,35 +23,10 @@ from cfx.models.classifier import QueryClassifier
 from cfx.models.classifier_kinds import load_query_classifier
 from cfx.models.diffae import create_diffae, lightning_checkpoint
 from cfx.steps import gcd_bblig, gcd_direction
+from tests.factories.datasets import fake_chexpert
 from tests.published_formats import monai_densenet_shapes, random_state, write_gcd_chexpert_checkpoint
 
 TINY = dict(growth_rate=8, block_config=[1, 1], init_features=16, bn_size=2)
-# Pleural Effusion (GCD output 9) of the stand-in's four images: positive, negative, uncertain, blank
-EFFUSION = [1.0, 0.0, -1.0, None]
-
-
-def fake_chexpert(root: Path, size: tuple[int, int] = (40, 48)) -> list[str]:
-    """A stand-in ``CheXpert-v1.0-small`` root: ``valid.csv`` (Path, Sex, Age, Frontal/Lateral, AP/PA and the 14
-    labels, as the official file) and grayscale, non-square (W, H) = ``size`` JPGs under
-    ``valid/patient*/study*/``, a frontal and a lateral view of one study among them. Returns the image ids."""
-    views = [(64541, 1, "view1_frontal"), (64542, 1, "view1_frontal"), (64542, 1, "view2_lateral"),
-             (64543, 1, "view1_frontal")]
-    rows, ids = [], []
-    for k, (patient, study, view) in enumerate(views):
-        relative = f"valid/patient{patient}/study{study}/{view}.jpg"
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        gradient = np.linspace(0, 255, size[0] * size[1]).reshape(size[1], size[0])
-        pixels = (gradient * (0.5 + 0.1 * k) + 20 * k) % 256
-        Image.fromarray(pixels.astype(np.uint8)).save(path)  # 2-d uint8: mode L
-        labels = {c: float((k + i) % 2) for i, c in enumerate(CHEXPERT_LABELS)}
-        labels["Pleural Effusion"] = EFFUSION[k]
-        rows.append({"Path": f"CheXpert-v1.0-small/{relative}", "Sex": "Female", "Age": 60 + k,
-                     "Frontal/Lateral": "Lateral" if "lateral" in view else "Frontal",
-                     "AP/PA": "" if "lateral" in view else "AP", **labels})
-        ids.append(f"patient{patient}/study{study}/{view}.jpg")
-    pd.DataFrame(rows).to_csv(root / "valid.csv", index=False)
-    return ids
 
 
 # --- the classifier -----------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """Reliability of the user-facing surface (issue #20): one-line CLI errors, short schema errors, the checkout's
 suite files, and a summary figure whose subtitle does not overlap its title."""
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,19 +12,11 @@ from click.testing import CliRunner
 
 from cfx.cli import main
 from cfx.schema import SchemaError, validate
+from tests.factories.workflow import copy_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 SUITE_SCHEMA = ROOT / "workflow" / "schemas" / "suite.schema.yaml"
-
-
-def _copy_workflow(dest: Path) -> Path:
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "workflow", dest / "workflow")
-    shutil.copytree(ROOT / "envs", dest / "envs")
-    shutil.copytree(ROOT / "profiles", dest / "profiles")
-    return dest
 
 
 # item 8: one-line errors, tracebacks with -v, --version
@@ -123,7 +114,7 @@ def test_schema_defaults_are_filled_as_snakemakes_validate_does():
 
 
 def test_dry_run_prints_the_short_schema_message(tmp_path):
-    wf = _copy_workflow(tmp_path)
+    wf = copy_workflow(tmp_path)
     result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--config", "precision=fp8"], cwd=wf,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0

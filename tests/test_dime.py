@@ -8,7 +8,7 @@ from cfx.methods import get_method
 from cfx.methods.dime import distance_gradient, generate
 from cfx.models.diffusion import create_gaussian_diffusion
 from cfx.runtime.seeding import image_generators, image_seed
-from tests.conftest import RedClassifier
+from tests.factories.networks import RedClassifier
 
 torch.set_num_threads(1)
 CONFIG = {"start_step": 3, "classifier_scales": [8, 10, 15], "use_logits": True, "l1_loss": 0.05, "l_perc": 0.0}
@@ -147,7 +147,7 @@ class SquareFeatures(torch.nn.Module):
 
 
 def _reference_tau2(models, x, y, gen, scale, l1, lp):
-    """DiME by hand for τ = 2 (reference/dime_ace.md §1.3), with analytic gradients and the generator read in
+    """DiME by hand for τ = 2 (docs/upstream/dime_ace.md §1.3), with analytic gradients and the generator read in
     the order q_sample noise, outer step i = 1 (the i = 0 draws are multiplied by 0 upstream)."""
     d, unet = models["diffusion"], models["unet"]
     hw = x.shape[-1] * x.shape[-2]

@@ -23,31 +23,10 @@ from cfx.models.dino_linear import (
     random_resized_crop_box,
     train_dino_linear_head,
 )
+from tests.factories.networks import dino_state
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-def dino_state(embed: int = 64, depth: int = 2, patch: int = 16, img: int = 224, seed: int = 0) -> dict:
-    """Random weights in the key layout of DINO's published ViT files (vision_transformer.py, ``num_classes=0``)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, std=0.05, mean=0.0):
-        return mean + std * torch.randn(*shape, generator=g)
-
-    hidden = 4 * embed
-    state = {"cls_token": rnd(1, 1, embed, std=0.5), "pos_embed": rnd(1, (img // patch) ** 2 + 1, embed, std=0.5),
-             "patch_embed.proj.weight": rnd(embed, 3, patch, patch, std=0.02), "patch_embed.proj.bias": rnd(embed)}
-    for i in range(depth):
-        p = f"blocks.{i}."
-        state.update({p + "norm1.weight": rnd(embed, std=0.1, mean=1.0), p + "norm1.bias": rnd(embed),
-                      p + "attn.qkv.weight": rnd(3 * embed, embed, std=0.15), p + "attn.qkv.bias": rnd(3 * embed),
-                      p + "attn.proj.weight": rnd(embed, embed, std=0.1), p + "attn.proj.bias": rnd(embed),
-                      p + "norm2.weight": rnd(embed, std=0.1, mean=1.0), p + "norm2.bias": rnd(embed),
-                      p + "mlp.fc1.weight": rnd(hidden, embed, std=0.1), p + "mlp.fc1.bias": rnd(hidden),
-                      p + "mlp.fc2.weight": rnd(embed, hidden, std=0.05), p + "mlp.fc2.bias": rnd(embed)})
-    state.update({"norm.weight": rnd(embed, std=0.1, mean=1.0), "norm.bias": rnd(embed)})
-    return state
 
 
 def timm_vit(state: dict, embed: int, depth: int, heads: int):

@@ -13,38 +13,7 @@ import torch
 from PIL import Image
 
 from cfx.data.layouts import DatasetLayoutError, build_layout_index
-
-# imagelabels.mat: the class (1..102) of image numbers 1..9; setid.mat: the splits' image numbers, not sorted
-LABELS = [3, 1, 102, 3, 50, 1, 102, 7, 50]
-SETID = {"trnid": [2, 5, 9], "valid": [4, 8], "tstid": [7, 1, 6, 3]}
-FLOWER_NAMES = ["pink primrose", "hard-leaved pocket orchid", *[f"flower {k}" for k in range(3, 102)], "last flower"]
-# per test image (tstid order), 5 classes (the target is the first), as flowers_closest_indices.json
-CLOSEST = [[94, 97, 45, 17, 88], [76, 82, 81, 85, 69], [97, 79, 63, 14, 88], [0, 101, 5, 6, 7]]
-
-
-def fake_flowers(root: Path) -> Path:
-    """torchvision's Flowers102 root: flowers-102/imagelabels.mat, setid.mat and jpg/image_<5 digits>.jpg (MATLAB
-    1×N rows, as the official files store them)."""
-    from scipy.io import savemat
-
-    folder = root / "flowers-102"
-    (folder / "jpg").mkdir(parents=True, exist_ok=True)
-    savemat(folder / "imagelabels.mat", {"labels": np.array([LABELS], dtype=np.uint8)})
-    savemat(folder / "setid.mat", {name: np.array([ids], dtype=np.uint16) for name, ids in SETID.items()})
-    for number in range(1, len(LABELS) + 1):
-        pixels = np.random.default_rng(number).integers(0, 256, (24 + number, 30, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / "jpg" / f"image_{number:05d}.jpg", quality=95)
-    return root
-
-
-def write_flowers_resources(folder: Path) -> tuple[Path, Path]:
-    """Stand-ins of flowers_closest_indices.json (keys "0".."n-1") and flowers_idx_to_label.json (keys "1".."102")."""
-    folder.mkdir(parents=True, exist_ok=True)
-    closest, labels = folder / "flowers_closest_indices.json", folder / "flowers_idx_to_label.json"
-    closest.write_text(json.dumps({str(k): v for k, v in enumerate(CLOSEST)}, indent=4))
-    labels.write_text(json.dumps({str(k + 1): v for k, v in enumerate(FLOWER_NAMES)}, indent=4))
-    return closest, labels
-
+from tests.factories.datasets import CLOSEST, FLOWER_NAMES, LABELS, SETID, fake_flowers, write_flowers_resources
 
 # ------------------------------------------------------------------------------------------------------ layout
 
@@ -174,7 +143,7 @@ def test_flowers_targets_and_names_as_ldce_reads_them(tmp_path):
 def _tiny_dino_files(tmp_path: Path, img: int = 32, num_classes: int = 102) -> tuple[Path, Path]:
     """A tiny DINO ViT (64 wide, 2 blocks, 8 px patches at ``img`` px) in the published key layout and a random head
     in LDCE's dino_flowers_linear.pth format."""
-    from tests.test_dino_linear import dino_state
+    from tests.factories.networks import dino_state
 
     backbone, head = tmp_path / "dino_vits8.pth", tmp_path / "dino_flowers_linear.pt"
     torch.save(dino_state(embed=64, depth=2, patch=8, img=img, seed=7), backbone)
@@ -227,7 +196,7 @@ def test_train_model_trains_the_flowers_head_from_the_index(tmp_path):
     the train partition trains, the val partition is scored, the head lands in LDCE's format next to its log."""
     from cfx.models.dino_linear import LinearHead
     from cfx.steps import train_from_spec
-    from tests.test_dino_linear import dino_state
+    from tests.factories.networks import dino_state
 
     root = fake_flowers(tmp_path / "flowers")
     index_csv = tmp_path / "index.csv"
@@ -260,14 +229,14 @@ def test_ldce_txt_chunk_prompts_each_flowers_target_by_name(tmp_path, monkeypatc
     from cfx.data.index_dataset import IndexDataset
     from cfx.generate import generate_chunk
     from cfx.models.ldm import build_ldm, save_ldm_checkpoint
-    from tests.test_imagenet_pairs import _tiny_class_ldm_config, spy_on_prompts
+    from tests.factories.networks import spy_on_prompts, tiny_class_ldm_config
 
     root = fake_flowers(tmp_path / "flowers")
     index_csv = tmp_path / "index.csv"
     build_layout_index("flowers102", root, index_csv)
     closest_file, labels_file = write_flowers_resources(tmp_path / "res")
     backbone, head = _tiny_dino_files(tmp_path)
-    config = _tiny_class_ldm_config()
+    config = tiny_class_ldm_config()
     torch.manual_seed(0)
     save_ldm_checkpoint(build_ldm(config), tmp_path / "ldm.ckpt")
     prefix, suffix = "a photo of a ", ", a type of flower."
@@ -307,11 +276,10 @@ def test_workflow_trains_the_flowers_head_on_a_placed_backbone(tmp_path):
     import yaml
 
     from cfx.models.dino_linear import load_linear_head
-    from tests.test_dino_linear import dino_state
-    from tests.test_paper_suite import _snakemake
-    from tests.test_workflow import _copy_workflow
+    from tests.factories.networks import dino_state
+    from tests.factories.workflow import copy_workflow, snakemake
 
-    wf = _copy_workflow(tmp_path)
+    wf = copy_workflow(tmp_path)
     suite_file = wf / "workflow" / "suites" / "paper.yaml"
     suite = yaml.safe_load(suite_file.read_text())
     recipe = suite["models"]["dino_flowers_linear"]["train"]
@@ -322,8 +290,8 @@ def test_workflow_trains_the_flowers_head_on_a_placed_backbone(tmp_path):
     backbone.parent.mkdir(parents=True, exist_ok=True)
     torch.save(dino_state(embed=64, depth=1, patch=16, img=224, seed=3), backbone)
     root = fake_flowers(tmp_path / "flowers")
-    result = _snakemake(["--cores", "1", "--config", "suite=paper", "device=cpu", f"data_roots={{flowers102: {root}}}",
-                         "--", "resources/checkpoints/dino_flowers_linear.pt"], wf)
+    result = snakemake(["--cores", "1", "--config", "suite=paper", "device=cpu", f"data_roots={{flowers102: {root}}}",
+                        "--", "resources/checkpoints/dino_flowers_linear.pt"], wf)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "download_checkpoint" not in result.stdout + result.stderr  # placed by hand: never downloaded
     lock = yaml.safe_load((wf / "resources" / "checkpoints" / "sha256.lock.yaml").read_text())["checkpoints"]

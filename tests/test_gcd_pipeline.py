@@ -2,7 +2,6 @@
 (so the shared metrics read it), BB-LIG maps written as arrays and figures."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,31 +12,11 @@ from cfx.data.synthetic import write_synthetic_celeba
 from cfx.generate import generate_chunk
 from cfx.io.tree import OutputTree, read_info
 from cfx.methods.gcd import load_direction
-from cfx.models.classifier import DenseNetClassifier, save_celeba_classifier
-from cfx.models.diffae import create_diffae, lightning_checkpoint
 from cfx.steps import gcd_bblig, gcd_direction
+from tests.factories.networks import GCD, MODELS, save_tiny_gcd_models
 
-ARCH = dict(growth_rate=8, block_config=[1, 1], num_init_features=16)
-DAE_FLAGS = dict(img_size=32, net_ch=32, net_ch_mult=[1, 2], net_enc_channel_mult=[1, 2], net_attn=[16],
-                 style_ch=32, net_beatgans_embed_channels=32)
-GCD = {"diffae": "tiny_dae", "lpips": {"kind": "lpips_random", "seed": 0}, "batch_size": 2,
-       "config": {"n_iters": 2, "n_steps_dae": 1, "dae_batch_size": 24, "proxy_batch_size": 8, "n_steps_proxy": 5,
-                  "proxy_hidden": [8], "n_hessian_eigenvecs": 1, "line_search_batch_size": 6, "T_encode": 2,
-                  "T_render": 2, "transfer_batch_size": 4, "bblig_n_steps": 4, "bblig_path_length": 3}}
-MODELS = {"plain": {"kind": "classifier", "arch": ARCH}, "tiny_dae": {"kind": "diffae", "flags": DAE_FLAGS}}
 EXPERIMENT = {"dataset": "d", "split": "val", "image_size": 32, "query_label": 31, "classifier": "plain",
               "max_images": 3}
-
-
-def save_tiny_gcd_models(root: Path) -> None:
-    """The random classifier ``root/plain.pt`` and tiny DiffAE ``root/tiny_dae.ckpt`` that MODELS names (seed 0)."""
-    torch.manual_seed(0)
-    save_celeba_classifier(DenseNetClassifier(**ARCH), root / "plain.pt")
-    dae = create_diffae(None, **DAE_FLAGS)
-    with torch.no_grad():
-        for p in dae.parameters():
-            p.normal_(0, 0.05)
-    torch.save(lightning_checkpoint(dae), root / "tiny_dae.ckpt")
 
 
 @pytest.fixture(scope="module")

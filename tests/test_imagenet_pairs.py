@@ -27,7 +27,8 @@ from cfx.metrics.networks import load_classifier_logits
 from cfx.models.classifier_kinds import load_experiment_classifier
 from cfx.models.imagenet_classifier import ImageNetClassifier, load_imagenet_classifier, load_torchvision_resnet50
 from cfx.postprocess import postprocess_chunk
-from tests.test_index_dataset import ACE, DIFFUSION, FACE_FLAGS, _save_unet
+from tests.factories.datasets import fake_wnid, write_jpeg
+from tests.factories.networks import ACE, DIFFUSION, FACE_FLAGS, save_unet, spy_on_prompts, tiny_class_ldm_config
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -39,16 +40,6 @@ SIZES = {1: (40, 32), 3: (36, 44), 5: (32, 32), 7: (48, 36)}  # (width, height) 
 EXPECTED_IDS = ["ILSVRC2012_val_00000003.JPEG", "ILSVRC2012_val_00000007.JPEG",  # class 339, then 340
                 "ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000005.JPEG"]
 ADM_FLAGS = {**FACE_FLAGS, "image_size": SIZE}
-
-
-def _wnid(k: int) -> str:
-    return f"n{k:08d}"  # sorts as k: class index k
-
-
-def _jpeg(path: Path, width: int, height: int, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, quality=95)
 
 
 def _hand_logits(net: torch.nn.Module, x: torch.Tensor, crop: int | None = None) -> torch.Tensor:
@@ -81,7 +72,7 @@ def imagenet(tmp_path_factory):
         numbers = SOURCE_IMAGES.get(k, (1000 + k,))
         for number in numbers:
             width, height = SIZES.get(number, (8, 8))
-            _jpeg(root / _wnid(k) / f"ILSVRC2012_val_{number:08d}.JPEG", width, height, number)
+            write_jpeg(root / fake_wnid(k) / f"ILSVRC2012_val_{number:08d}.JPEG", width, height, number)
     frame = build_layout_index("imagenet_val", root, base / "index.csv")
     return root, base / "index.csv", frame
 
@@ -160,7 +151,7 @@ def test_pair_experiment_needs_all_1000_classes_and_images_of_its_sources(imagen
     experiment = {"split": "val", "class_targets": PAIR}
     # a root with only some class folders numbers its classes 0, 1, ...: not ImageNet's indices
     for k in (339, 340, 500):
-        _jpeg(tmp_path / "few" / _wnid(k) / f"ILSVRC2012_val_{k:08d}.JPEG", 8, 8, k)
+        write_jpeg(tmp_path / "few" / fake_wnid(k) / f"ILSVRC2012_val_{k:08d}.JPEG", 8, 8, k)
     few = build_layout_index("imagenet_val", tmp_path / "few", tmp_path / "few.csv")
     assert sorted(few["label"]) == [0, 1, 2]
     for index in (few, pd.read_csv(tmp_path / "few.csv", dtype={"image_id": str})):
@@ -204,7 +195,7 @@ def _check_pair_records(manifest: dict, infos: dict[str, dict]) -> None:
 def test_ace_chunk_and_postprocessing_give_each_image_its_class_target(resnet, imagenet, tmp_path):
     path, net = resnet
     _, index_csv, _ = imagenet
-    _save_unet(ADM_FLAGS, tmp_path / "ddpm.pt")
+    save_unet(ADM_FLAGS, tmp_path / "ddpm.pt")
     experiment = {"dataset": "imagenet", "split": "val", "image_size": SIZE, "class_targets": PAIR,
                   "classifier": "resnet", "ddpm": "ddpm"}
     model_specs = {"ddpm": {"flags": ADM_FLAGS, "diffusion": DIFFUSION}, "resnet": {"kind": "torchvision_resnet50"}}
@@ -230,38 +221,12 @@ def test_ace_chunk_and_postprocessing_give_each_image_its_class_target(resnet, i
         assert (after["label"], after["pred"], after["target"]) == (before["label"], before["pred"], before["target"])
 
 
-def spy_on_prompts(monkeypatch, names: list[str], prefix: str, suffix: str) -> list[list[str]]:
-    """Record the prompt batches LDCE-txt conditions the LDM on, and map each prompt "{prefix}{name}{suffix}" back
-    to its class (the index of ``name``), so that a tiny class-conditional LDM stands in for miniSD."""
-    from cfx.models.ldm import LatentDiffusion
-
-    prompted: list[list[str]] = []
-    learned = LatentDiffusion.get_learned_conditioning
-
-    def spy(self, c):
-        if isinstance(c, list):
-            prompted.append(list(c))
-            c = torch.tensor([names.index(text[len(prefix):len(text) - len(suffix)]) for text in c])
-        return learned(self, c)
-
-    monkeypatch.setattr(LatentDiffusion, "get_learned_conditioning", spy)
-    return prompted
-
-
-def _tiny_class_ldm_config() -> dict:
-    from tests.test_ldm import TINY_VQ
-
-    # cin256-v2's structure at toy widths: 1000 classes plus the null class, a 32 px VQ first stage (8 px latents)
-    return {**TINY_VQ, "cond_stage_config": {**TINY_VQ["cond_stage_config"],
-                                             "params": {**TINY_VQ["cond_stage_config"]["params"], "n_classes": 1001}}}
-
-
 def test_ldce_chunk_targets_classes_and_crops_for_the_classifier(resnet, imagenet, tmp_path, monkeypatch):
     from cfx.models.ldm import ClassEmbedder, build_ldm, save_ldm_checkpoint
 
     path, net = resnet
     _, index_csv, _ = imagenet
-    config = _tiny_class_ldm_config()
+    config = tiny_class_ldm_config()
     torch.manual_seed(0)
     ldm = build_ldm(config)
     with torch.no_grad():
@@ -321,7 +286,7 @@ def test_ldce_txt_variant_prompts_each_target_class_by_name(resnet, imagenet, tm
 
     path, _ = resnet
     _, index_csv, _ = imagenet
-    config = _tiny_class_ldm_config()
+    config = tiny_class_ldm_config()
     torch.manual_seed(0)
     save_ldm_checkpoint(build_ldm(config), tmp_path / "ldm.ckpt")
     names = [f"class{k}" for k in range(1000)]

@@ -1,10 +1,12 @@
 """The package's import graph: no cycles (lazy imports inside functions included) and no module importing another
-module's private (underscore) names. Parsed with ast, nothing is imported."""
+module's private (underscore) names; and no test module importing another (shared helpers live in conftest.py,
+tests/factories/ and tests/published_formats.py). Parsed with ast, nothing is imported."""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "cfx"
+TESTS = Path(__file__).resolve().parent
 
 
 def module_name(path: Path) -> str:
@@ -85,3 +87,27 @@ def test_no_import_cycles():
 
 def test_no_module_imports_another_modules_private_names():
     assert import_graph()[1] == []
+
+
+def imported_test_modules(source: str) -> list[str]:
+    """The test modules (``tests.test_*``) that ``source`` imports anywhere in its body, however spelled."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.startswith("tests.test_")]
+        elif isinstance(node, ast.ImportFrom):
+            base = "tests." * bool(node.level) + (node.module or "")  # relative: within tests/
+            if base.startswith("tests.test_"):
+                found.append(base)
+            elif base.rstrip(".") == "tests":
+                found += [f"tests.{alias.name}" for alias in node.names if alias.name.startswith("test_")]
+    return found
+
+
+def test_no_test_module_imports_another():
+    assert imported_test_modules("import tests.test_a\nfrom tests.test_b import x\nfrom tests import test_c\n"
+                                 "def f():\n    from .test_d import y\nfrom tests.factories import z") == [
+        "tests.test_a", "tests.test_b", "tests.test_c", "tests.test_d"]
+    offenders = {str(path.relative_to(TESTS)): imported_test_modules(path.read_text())
+                 for path in sorted(TESTS.rglob("*.py"))}
+    assert {path: found for path, found in offenders.items() if found} == {}

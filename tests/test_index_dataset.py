@@ -19,47 +19,22 @@ from cfx.data.index_dataset import IndexDataset
 from cfx.data.layouts import build_layout_index, image_shape
 from cfx.data.synthetic import write_synthetic_celeba
 from cfx.generate import generate_chunk
-from cfx.models.adm import create_model
 from cfx.models.classifier import DenseNetClassifier, save_celeba_classifier
 from cfx.postprocess import postprocess_chunk
 from cfx.suite import SuiteError, load_suite
-from tests.test_layouts import fake_celebahq
+from tests.factories.datasets import fake_celebahq
+from tests.factories.networks import ACE, BDD_FLAGS, DIFFUSION, FACE_FLAGS, save_unet, to_tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCH = dict(growth_rate=8, block_config=[1, 1], num_init_features=16)
-# ACE's BDD DDPM flags (paper.yaml ace_bdd_ddpm: 4 levels 1,2,3,4, attention "16,8" at 256 = never reached) at
-# reduced widths
-BDD_FLAGS = dict(image_size=256, num_channels=32, num_res_blocks=1, channel_mult="1,2,3,4",
-                 attention_resolutions="16,8", num_head_channels=32, learn_sigma=True, resblock_updown=True,
-                 use_scale_shift_norm=True)
-FACE_FLAGS = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
-                  num_heads=2, learn_sigma=True, resblock_updown=True, use_scale_shift_norm=True)
-DIFFUSION = {"diffusion_steps": 100, "learn_sigma": True}
-ACE = {"timestep_respacing": "20", "batch_size": 2,
-       "config": {"attack_iterations": 2, "attack_step": 2.5, "dist_l1": 0.001, "sampling_time_fraction": 0.1},
-       "postprocess": {"sampling_time_fraction": 0.1, "sampling_inpaint": 0.15, "sampling_dilation": 3}}
 DIME = {"timestep_respacing": "20", "batch_size": 2,
         "config": {"start_step": 3, "classifier_scales": [8], "l_perc": 0.0}}
-
-
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    """[−1,1] CHW tensor of a PIL image, computed with numpy (not torchvision)."""
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0 * 2 - 1).permute(2, 0, 1)
 
 
 def _pattern(path: Path, width: int, height: int, seed: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path, format="PNG")  # lossless, whatever the suffix says
-
-
-def _save_unet(flags: dict, path: Path) -> None:
-    torch.manual_seed(0)
-    unet = create_model(**flags)
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.mul_(0.3)
-    torch.save(unet.state_dict(), path)
 
 
 def _bdd_root(root: Path, sizes: list[tuple[int, int]]) -> Path:
@@ -80,7 +55,7 @@ def _bdd_generation_setup(tmp_path: Path) -> None:
     """Two BDD images (64x36, 48x30) indexed as tmp_path/index.csv, the BDD UNet ddpm.pt and a random classifier.pt."""
     _bdd_root(tmp_path / "bdd", [(64, 36), (48, 30)])
     build_layout_index("bdd100k", tmp_path / "bdd", tmp_path / "index.csv")
-    _save_unet(BDD_FLAGS, tmp_path / "ddpm.pt")
+    save_unet(BDD_FLAGS, tmp_path / "ddpm.pt")
     torch.manual_seed(0)
     save_celeba_classifier(DenseNetClassifier(**ARCH), tmp_path / "classifier.pt")
 
@@ -120,7 +95,7 @@ def test_celebahq_resize_short_side_center_crop_and_test_split(tmp_path):
     for k, i in enumerate((0, 3)):
         position, image, label = dataset[k]
         with Image.open(root / "CelebA-HQ-img" / f"{i}.jpg") as raw:
-            expected = _to_tensor(raw.convert("RGB").resize((6, 4), Image.BILINEAR).crop((1, 0, 5, 4)))
+            expected = to_tensor(raw.convert("RGB").resize((6, 4), Image.BILINEAR).crop((1, 0, 5, 4)))
         assert position == k and image.shape == (3, 4, 4)
         torch.testing.assert_close(image, expected, atol=1e-6, rtol=0)
         assert label.dtype == torch.long and int(label) == int(anno[i][1 + 31] == "1")
@@ -137,7 +112,7 @@ def test_bdd100k_bicubic_256x512_and_label_1(tmp_path):
         for k in range(2):
             position, image, label = dataset[k]
             with Image.open(root / "images" / "100k" / "val" / f"b{k}.jpg") as raw:
-                expected = _to_tensor(raw.convert("RGB").resize((512, 256), Image.BICUBIC))  # no crop
+                expected = to_tensor(raw.convert("RGB").resize((512, 256), Image.BICUBIC))  # no crop
             assert position == k and image.shape == (3, 256, 512)
             torch.testing.assert_close(image, expected, atol=1e-6, rtol=0)
             assert label.dtype == torch.long and int(label) == 1
@@ -168,7 +143,7 @@ def test_imagenet_resizes_of_each_method_and_class_labels(tmp_path):
         for k, wnid in enumerate(sizes):
             _, image, label = dataset[k]
             with Image.open(next((root / wnid).iterdir())) as raw:
-                expected = _to_tensor(reference(raw.convert("RGB")))
+                expected = to_tensor(reference(raw.convert("RGB")))
             assert image.shape == (3, 8, 8) and int(label) == k
             torch.testing.assert_close(image, expected, atol=1e-6, rtol=0)
 
@@ -241,7 +216,7 @@ def _written(tree: Path, folder: str, stem: str) -> list[Path]:
 
 def test_generation_chunk_on_a_celebahq_root(tmp_path):
     _celebahq_index(tmp_path, 24, 20)
-    _save_unet(FACE_FLAGS, tmp_path / "ddpm.pt")
+    save_unet(FACE_FLAGS, tmp_path / "ddpm.pt")
     torch.manual_seed(0)
     save_celeba_classifier(DenseNetClassifier(**ARCH), tmp_path / "classifier.pt")
     experiment = {"dataset": "celebahq", "split": "test", "image_size": 16, "query_label": 31, "classifier": "clf",
@@ -270,7 +245,7 @@ def test_cli_generate_reads_the_suite_layout(tmp_path):
     _bdd_root(tmp_path / "bdd", [(64, 36)])
     build_layout_index("bdd100k", tmp_path / "bdd", tmp_path / "index.csv")
     (tmp_path / "ckpt").mkdir()
-    _save_unet(FACE_FLAGS, tmp_path / "ckpt" / "ddpm.pt")
+    save_unet(FACE_FLAGS, tmp_path / "ckpt" / "ddpm.pt")
     save_celeba_classifier(DenseNetClassifier(**ARCH), tmp_path / "ckpt" / "clf.pt")
     suite = {"name": "t", "datasets": {"drive": {"layout": "bdd100k"}},
              "models": {"ddpm": {"kind": "ddpm", "dataset": "drive", "image_size": 16, "flags": FACE_FLAGS,
@@ -323,7 +298,7 @@ def test_dime_chunk_on_non_square_bdd100k_images(tmp_path):
 def test_gcd_steps_read_a_celebahq_root(tmp_path):
     """GCD's direction search and BB-LIG read their images through the layout (tiny DiffAE of test_gcd_pipeline)."""
     from cfx.steps import gcd_bblig, gcd_direction
-    from tests.test_gcd_pipeline import GCD, MODELS, save_tiny_gcd_models
+    from tests.factories.networks import GCD, MODELS, save_tiny_gcd_models
 
     _celebahq_index(tmp_path, 40, 36)
     save_tiny_gcd_models(tmp_path)

@@ -3,42 +3,12 @@ a missing file gives a message naming it, where to download it and the data_root
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from cfx.data.celeba import CELEBA_ATTRIBUTES
 from cfx.data.layouts import DatasetLayoutError, build_layout_index
-
-
-def _image(path: Path, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-
-
-def fake_celebahq(root: Path, n: int = 5) -> None:
-    """CelebAMask-HQ layout: annotation TXT, HQ→CelebA mapping, CelebA partition CSV, CelebA-HQ-img/<n>.jpg."""
-    rng = np.random.default_rng(0)
-    values = rng.choice([-1, 1], size=(n, 40))
-    lines = [str(n), " ".join(CELEBA_ATTRIBUTES)] + [f"{i}.jpg " + " ".join(map(str, v)) for i, v in enumerate(values)]
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "CelebAMask-HQ-attribute-anno.txt").write_text("\n".join(lines) + "\n")
-    orig = [100 + 7 * i for i in range(n)]
-    mapping = ["idx         orig_idx   orig_file"] + [f"{i} {o} {o + 1:06d}.jpg" for i, o in enumerate(orig)]
-    (root / "CelebA-HQ-to-CelebA-mapping.txt").write_text("\n".join(mapping) + "\n")
-    parts = pd.DataFrame({"image_id": [f"{k:06d}.jpg" for k in range(1, 200)]})
-    parts["partition"] = [k % 3 for k in range(1, 200)]
-    parts.to_csv(root / "list_eval_partition.csv", index=False)
-    for i in range(n):
-        _image(root / "CelebA-HQ-img" / f"{i}.jpg", i)
-
-
-def fake_imagenet_val(root: Path) -> None:
-    """ImageFolder layout: three wnid folders, val images numbered out of folder order."""
-    for number, wnid in [(3, "n01440764"), (1, "n01443537"), (2, "n01440764"), (5, "n01484850"), (4, "n01443537")]:
-        _image(root / wnid / f"ILSVRC2012_val_{number:08d}.JPEG", number)
+from tests.factories.datasets import fake_celebahq, fake_imagenet_val, write_image
 
 
 def test_celebahq_indexed(tmp_path):
@@ -92,7 +62,7 @@ def test_imagenet_val_standard_order(tmp_path):
 
 def test_imagenet_val_rejects_strays(tmp_path):
     fake_imagenet_val(tmp_path / "val")
-    _image(tmp_path / "val" / "n01440764" / "cat.png", 9)
+    write_image(tmp_path / "val" / "n01440764" / "cat.png", 9)
     with pytest.raises(DatasetLayoutError, match="cat.png"):
         build_layout_index("imagenet_val", tmp_path / "val", tmp_path / "index.csv")
     (tmp_path / "val" / "n01440764" / "cat.png").unlink()
@@ -108,7 +78,7 @@ def test_unknown_layout(tmp_path):
 
 def test_bdd100k_indexed_sorted(tmp_path):
     for name in ["c.jpg", "a.jpg", "b.jpg"]:
-        _image(tmp_path / "bdd" / "images" / "100k" / "val" / name, ord(name[0]))
+        write_image(tmp_path / "bdd" / "images" / "100k" / "val" / name, ord(name[0]))
     build_layout_index("bdd100k", tmp_path / "bdd", tmp_path / "index.csv")
     written = pd.read_csv(tmp_path / "index.csv")
     assert list(written["image_id"]) == ["a.jpg", "b.jpg", "c.jpg"] and set(written["label"]) == {1}
@@ -123,7 +93,7 @@ def test_chexpert_valid_indexed(tmp_path):
     rows = []
     for patient, study in [(64541, 1), (64542, 1)]:
         relative = f"valid/patient{patient}/study{study}/view1_frontal.jpg"
-        _image(root / relative, patient)
+        write_image(root / relative, patient)
         rows.append({"Path": f"CheXpert-v1.0-small/{relative}", **{c: 1.0 for c in CHEXPERT_LABELS}})
     rows[1]["Pleural Effusion"] = None
     root.mkdir(exist_ok=True)

@@ -24,6 +24,7 @@ from cfx.models.ldm import (
     load_ldm_checkpoint,
     save_ldm_checkpoint,
 )
+from tests.factories.networks import TINY_KL, TINY_VQ
 
 UPSTREAM = {
     ("cin256-v2", "unet"): (688, 400920579, "0660903c63a8b3602a5a6566233b2a0de557f417b5913ef87ee49e7bb4b48dea"),
@@ -32,26 +33,6 @@ UPSTREAM = {
     ("sd-v1", "unet"): (686, 859520964, "f78ac926310e55e0644409ba85334d8093c5fb44159348af8d62bc4cfb3d6870"),
     ("sd-v1", "first_stage"): (248, 83653863, "4f793f3406f6a4b0f2f5577ba417fac13ca622734a826f532842c3c1894ab4f9"),
 }
-
-# A tiny model with cin256-v2's structure (VQ first stage, spatial-transformer UNet, class embedder with a null
-# class) for the loading round trips
-TINY_VQ = {
-    "linear_start": 0.0015, "linear_end": 0.0195, "timesteps": 1000,
-    "unet_config": {"params": {"image_size": 8, "in_channels": 3, "out_channels": 3, "model_channels": 32,
-                               "attention_resolutions": [1, 2], "num_res_blocks": 1, "channel_mult": [1, 2],
-                               "num_heads": 1, "use_spatial_transformer": True, "context_dim": 16}},
-    "first_stage_config": {"target": "ldm.models.autoencoder.VQModelInterface", "params": {
-        "embed_dim": 3, "n_embed": 64, "ddconfig": {"double_z": False, "z_channels": 3, "resolution": 32,
-                                                    "in_channels": 3, "out_ch": 3, "ch": 32, "ch_mult": [1, 2, 2],
-                                                    "num_res_blocks": 1, "attn_resolutions": [8], "dropout": 0.0}}},
-    "cond_stage_config": {"target": "ldm.modules.encoders.modules.ClassEmbedder",
-                          "params": {"n_classes": 11, "embed_dim": 16, "key": "class_label"}},
-}
-TINY_KL = {**TINY_VQ, "scale_factor": 0.5, "unet_config": {"params": {
-    **TINY_VQ["unet_config"]["params"], "in_channels": 4, "out_channels": 4}},
-    "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
-        "embed_dim": 4, "ddconfig": {**TINY_VQ["first_stage_config"]["params"]["ddconfig"], "double_z": True,
-                                     "z_channels": 4}}}}
 
 
 def _digest(module: torch.nn.Module) -> tuple[int, int, str]:

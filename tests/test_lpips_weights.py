@@ -91,7 +91,7 @@ def test_gcd_networks_read_lpips_from_the_checkpoint(vgg16_features, tmp_path, m
     from cfx.models.classifier import DenseNetClassifier, save_celeba_classifier
     from cfx.models.diffae import create_diffae, lightning_checkpoint
     from cfx.steps import _gcd_networks
-    from tests.test_gcd_pipeline import ARCH, DAE_FLAGS
+    from tests.factories.networks import ARCH, DAE_FLAGS
 
     path, _ = vgg16_features
     save_celeba_classifier(DenseNetClassifier(**ARCH), tmp_path / "plain.pt")

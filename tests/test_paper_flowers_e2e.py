@@ -28,11 +28,10 @@ import yaml
 
 from cfx.io.tree import read_info
 from cfx.models.ldm import build_ldm, save_ldm_checkpoint
+from tests.factories.datasets import CLOSEST, LABELS, SETID, fake_flowers, write_flowers_resources
+from tests.factories.networks import TINY_KL, dino_state
+from tests.factories.workflow import copy_workflow
 from tests.published_formats import fid_inception_state, random_state, simsiam_shapes
-from tests.test_dino_linear import dino_state
-from tests.test_flowers import CLOSEST, LABELS, SETID, fake_flowers, write_flowers_resources
-from tests.test_ldm import TINY_KL
-from tests.test_workflow import _copy_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT, TABLE, METHOD = "flowers", "table10", "ldce_txt"
@@ -128,7 +127,7 @@ def _place_files(wf: Path, suite: dict) -> dict[str, Path]:
 
 @pytest.mark.slow
 def test_table10_runs_end_to_end_on_cpu(tmp_path):
-    wf = _copy_workflow(tmp_path)
+    wf = copy_workflow(tmp_path)
     suite = _ci_paper_suite(wf / "workflow" / "suites" / "paper.yaml")
     placed = _place_files(wf, suite)
     root = fake_flowers(tmp_path / "flowers")

@@ -36,9 +36,10 @@ from torchvision.models import resnet50
 from cfx.io.tree import read_info
 from cfx.models.adm import create_model
 from cfx.models.ldm import build_ldm, save_ldm_checkpoint
+from tests.factories.datasets import fake_wnid, write_jpeg
+from tests.factories.networks import tiny_class_ldm_config
+from tests.factories.workflow import copy_workflow
 from tests.published_formats import fid_inception_state, random_state, simsiam_shapes
-from tests.test_imagenet_pairs import _jpeg, _tiny_class_ldm_config, _wnid
-from tests.test_workflow import _copy_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT, TASK, TABLE = "imagenet_zebra_sorrel", "zebra_sorrel", "table3"
@@ -73,7 +74,7 @@ def _ci_paper_suite(path: Path) -> dict:
     models["openai_imagenet256_uncond_ddpm"].update(image_size=SIZE, flags=ADM_FLAGS)
     assert models["openai_imagenet256_uncond_ddpm"]["diffusion"]["diffusion_steps"] == 1000  # kept
     models["torchvision_resnet50"]["image_size"] = SIZE
-    models["ldm_cin256_v2"].update(image_size=SIZE, config=_tiny_class_ldm_config())
+    models["ldm_cin256_v2"].update(image_size=SIZE, config=tiny_class_ldm_config())
     ace = suite["methods"]["ace"]["datasets"]["imagenet"]
     ace.update(timestep_respacing="10", batch_size=4)  # K = round(0.2 * 10) = 2 filtering steps, as 0.2 * 25 = 5
     ace["config"]["attack_iterations"] = 2
@@ -109,7 +110,7 @@ def _place_checkpoints(directory: Path, suite: dict) -> dict[str, Path]:
         net.fc.bias[PREDICTED] = 5.0
     torch.save(net.state_dict(), paths["torchvision_resnet50"])
     torch.manual_seed(0)
-    ldm = build_ldm(_tiny_class_ldm_config())
+    ldm = build_ldm(tiny_class_ldm_config())
     with torch.no_grad():
         for p in ldm.parameters():
             p.add_(torch.randn_like(p) * 0.02)
@@ -125,12 +126,12 @@ def _fake_imagenet_val(root: Path) -> int:
     """1000 wnid folders, each with an 8 px filler (an index lists only folders with images), plus the pair's
     images: IMAGES_PER_CLASS of each class, of several sizes. Returns the pair's image count."""
     for k in range(1000):
-        _jpeg(root / _wnid(k) / f"ILSVRC2012_val_{k + 10_000:08d}.JPEG", 8, 8, k)
+        write_jpeg(root / fake_wnid(k) / f"ILSVRC2012_val_{k + 10_000:08d}.JPEG", 8, 8, k)
     number = 0
     for k in PAIR:
         for j in range(IMAGES_PER_CLASS - 1):
             number += 1
-            _jpeg(root / _wnid(k) / f"ILSVRC2012_val_{number:08d}.JPEG", 40 + 4 * j, 32 + 2 * j, 100 + number)
+            write_jpeg(root / fake_wnid(k) / f"ILSVRC2012_val_{number:08d}.JPEG", 40 + 4 * j, 32 + 2 * j, 100 + number)
     return IMAGES_PER_CLASS * len(PAIR)
 
 
@@ -142,7 +143,7 @@ def _snakemake(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_table3_zebra_sorrel_runs_end_to_end_on_cpu(tmp_path):
-    wf = _copy_workflow(tmp_path)
+    wf = copy_workflow(tmp_path)
     suite = _ci_paper_suite(wf / "workflow" / "suites" / "paper.yaml")
     placed = _place_checkpoints(wf / "resources" / "checkpoints", suite)
     imagenet = tmp_path / "imagenet" / "val"
@@ -210,7 +211,7 @@ def test_table3_zebra_sorrel_runs_end_to_end_on_cpu(tmp_path):
             assert rows.loc[(method, metric), "n"] == IMAGES_PER_CLASS, (method, metric)
         assert rows.loc[(method, "fid"), "value"] >= 0 and -1 <= rows.loc[(method, "s3"), "value"] <= 1
     ace_fid = rows.loc[("ace", "fid")]
-    assert ace_fid["published"] == 67.7 and "reference/dime_ace.md §6.2" in ace_fid["published_source"]
+    assert ace_fid["published"] == 67.7 and "docs/upstream/dime_ace.md §6.2" in ace_fid["published_source"]
     assert ace_fid["difference"] == pytest.approx(ace_fid["value"] - 67.7)
     others = table[~((table["method"] == "ace") & (table["metric"] == "fid"))]
     assert others["published"].isna().all() and (others["published_source"] == "no published value known").all()

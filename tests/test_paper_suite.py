@@ -6,10 +6,7 @@ suite file (index, checkpoint downloads, one generation job per experiment, meth
 merges, metrics, the table) and no published network is trained (table10 trains LDCE's unpublished Flowers head);
 without data_roots the run stops saying what to download."""
 
-import os
 import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -20,39 +17,18 @@ from PIL import Image
 from cfx.data.synthetic import write_synthetic_celeba
 from cfx.methods import own_model_key
 from cfx.suite import load_suite, method_network, method_settings, metric_networks, network_checkpoint
-from tests.test_bdd_oia import fake_bdd_oia
-from tests.test_chexpert_gcd import fake_chexpert
-from tests.test_flowers import fake_flowers
-from tests.test_layouts import fake_celebahq, fake_imagenet_val
-from tests.test_pets import fake_pets
-from tests.test_workflow import _copy_workflow
+from tests.factories.datasets import (
+    fake_bdd_oia,
+    fake_celebahq,
+    fake_chexpert,
+    fake_flowers,
+    fake_imagenet_val,
+    fake_pets,
+)
+from tests.factories.workflow import copy_workflow, parse_plan, snakemake
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ROOT / "workflow" / "suites" / "paper.yaml"
-
-
-def _snakemake(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    # the workflow imports cfx: the same package as this test's (a worktree's, not another editable install's)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
-
-
-def _plan(text: str) -> tuple[Counter, dict[str, list[str]]]:
-    """Job counts per rule and the outputs of each rule from a dry-run's job blocks."""
-    counts: Counter = Counter()
-    outputs: dict[str, list[str]] = {}
-    rule = None
-    for line in text.splitlines():
-        match = re.match(r"^(?:local)?rule (\w+):$", line.strip())
-        if match:
-            rule = match.group(1)
-            counts[rule] += 1
-        elif rule and line.strip().startswith("output:"):
-            # a flagged output is shown with its flag: "resources/checkpoints/x.pt (update)"
-            outputs.setdefault(rule, []).extend(p.strip().removesuffix(" (update)")
-                                                for p in line.split(":", 1)[1].split(","))
-    return counts, outputs
 
 
 def _table_needs(suite: dict, table: str, chunks: int) -> dict[str, object]:
@@ -146,14 +122,14 @@ def test_paper_models_are_published_checkpoints_and_metrics_use_the_registry():
                 assert method in spec["methods"]
                 for metric, entry in entries.items():
                     assert metric in spec["metrics"]
-                    assert entry["value"] > 0 and "reference/" in entry["source"]
+                    assert entry["value"] > 0 and "docs/upstream/" in entry["source"]
     # the catalog names each paper's own table
     for name, spec in suite["tables"].items():
         assert re.fullmatch(r"table\d+", name) and "table" in spec["paper"].lower(), name
 
 
 def test_method_and_metric_settings_per_dataset():
-    """ACE runs each dataset with its own script's settings (reference/dime_ace.md §2.7); MNAC and CD read the
+    """ACE runs each dataset with its own script's settings (docs/upstream/dime_ace.md §2.7); MNAC and CD read the
     dataset's oracle (DiME's on CelebA 128, STEEX's on CelebA-HQ)."""
     suite = load_suite(PAPER)
     expected = {  # experiment: (respacing, batch, filter fraction, inpaint); K = fraction * respacing = 5
@@ -181,9 +157,10 @@ def test_method_and_metric_settings_per_dataset():
 
 
 def test_imagenet_pair_experiments_follow_ace_and_ldce_scripts():
-    """table3's tasks are ACE's / LDCE's three class pairs, each image towards the other class (dime_ace.md §2.6,
-    ldce_gcd_svce.md §1.5); ACE runs imagenet-attack.sh's settings, LDCE v1_zs's with cin256-v2 conditioned on the
-    target class, a stretched 256² image and the 224 centre crop (§1.4, §1.6, §1.8)."""
+    """table3's tasks are ACE's / LDCE's three class pairs, each image towards the other class
+    (docs/upstream/dime_ace.md §2.6, docs/upstream/ldce_gcd_svce.md §1.5); ACE runs imagenet-attack.sh's settings, LDCE
+    v1_zs's with cin256-v2 conditioned on the target class, a stretched 256² image and the 224 centre crop (§1.4, §1.6,
+    §1.8)."""
     suite = load_suite(PAPER)
     pairs = {"imagenet_zebra_sorrel": (340, 339), "imagenet_cheetah_cougar": (293, 286),
              "imagenet_egyptian_persian": (285, 283)}
@@ -255,13 +232,13 @@ def _fake_roots(root: Path) -> dict[str, Path]:
 @pytest.mark.parametrize("table", ["table1", "table2", "table3", "table4", "table5", "table7", "table8",
                                    "table9", "table10"])
 def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
-    wf = _copy_workflow(tmp_path)
+    wf = copy_workflow(tmp_path)
     roots = _fake_roots(tmp_path / "data")
-    result = _snakemake(["-n", "--config", "suite=paper",
-                         "data_roots={" + ", ".join(f"{k}: {v}" for k, v in roots.items()) + "}",
-                         "--", f"results/tables/{table}.csv"], wf)
+    result = snakemake(["-n", "--config", "suite=paper",
+                        "data_roots={" + ", ".join(f"{k}: {v}" for k, v in roots.items()) + "}",
+                        "--", f"results/tables/{table}.csv"], wf)
     assert result.returncode == 0, result.stderr
-    counts, outputs = _plan(result.stdout + result.stderr)
+    counts, outputs = parse_plan(result.stdout + result.stderr)
     chunks = int(yaml.safe_load((wf / "config.yaml").read_text())["chunks"])
     needs = _table_needs(load_suite(wf / "workflow" / "suites" / "paper.yaml"), table, chunks)
     assert counts["index_dataset"] == len(needs["datasets"])
@@ -297,8 +274,8 @@ def test_catalog_table_dry_run_plans_the_whole_table(tmp_path, table):
 
 def test_chexpert_experiments_follow_gcd_configs():
     """table8's tasks are GCD's six CheXpert configs (gcd/configs/.../chexpert/dense_net/<finding>/config.yaml,
-    ldce_gcd_svce.md §2.3): the query label is the output of GCD's DenseNetCheXpert, read by its own loader; GCD runs
-    its CheXpert configuration on its one-channel chexpert224_autoenc DiffAE."""
+    docs/upstream/ldce_gcd_svce.md §2.3): the query label is the output of GCD's DenseNetCheXpert, read by its own
+    loader; GCD runs its CheXpert configuration on its one-channel chexpert224_autoenc DiffAE."""
     from cfx.data.layouts import GCD_CHEXPERT_OUTPUTS
 
     suite = load_suite(PAPER)
@@ -331,8 +308,9 @@ def test_chexpert_experiments_follow_gcd_configs():
 
 
 def test_pets_experiment_follows_v1_pets():
-    """table9: LDCE-txt with configs/ldce/v1_pets.yaml and the README's Pets overrides (ldce_gcd_svce.md §1.6), each
-    test image towards its LDCE Pets target (§1.5), explaining the zero-shot OpenCLIP ViT-B-32 (§1.4)."""
+    """table9: LDCE-txt with configs/ldce/v1_pets.yaml and the README's Pets overrides
+    (docs/upstream/ldce_gcd_svce.md §1.6), each test image towards its LDCE Pets target (§1.5), explaining the zero-shot
+    OpenCLIP ViT-B-32 (§1.4)."""
     suite = load_suite(PAPER)
     table = suite["tables"]["table9"]
     assert table["methods"] == ["ldce_txt"] and table["tasks"] == {"pets": "pets"} and not table.get("published")
@@ -361,12 +339,12 @@ def test_pets_experiment_follows_v1_pets():
 
 
 def test_table6_dry_run_plans_the_whole_table(tmp_path):
-    wf = _copy_workflow(tmp_path)
+    wf = copy_workflow(tmp_path)
     fake_celebahq(tmp_path / "hq")
-    result = _snakemake(["-n", "--config", "suite=paper", f"data_roots={{celebahq: {tmp_path / 'hq'}}}",
-                         "--", "results/tables/table6.csv"], wf)
+    result = snakemake(["-n", "--config", "suite=paper", f"data_roots={{celebahq: {tmp_path / 'hq'}}}",
+                        "--", "results/tables/table6.csv"], wf)
     assert result.returncode == 0, result.stderr
-    counts, outputs = _plan(result.stdout + result.stderr)
+    counts, outputs = parse_plan(result.stdout + result.stderr)
     chunks = int(yaml.safe_load((wf / "config.yaml").read_text())["chunks"])
     needs = _table_needs(load_suite(wf / "workflow" / "suites" / "paper.yaml"), "table6", chunks)
     assert counts["index_dataset"] == 1
@@ -381,8 +359,8 @@ def test_table6_dry_run_plans_the_whole_table(tmp_path):
 
 
 def test_table6_without_data_root_says_what_to_download(tmp_path):
-    wf = _copy_workflow(tmp_path)
-    result = _snakemake(["-n", "--config", "suite=paper", "--", "results/tables/table6.csv"], wf)
+    wf = copy_workflow(tmp_path)
+    result = snakemake(["-n", "--config", "suite=paper", "--", "results/tables/table6.csv"], wf)
     assert result.returncode != 0
     message = result.stdout + result.stderr
     for needed in ("CelebAMask-HQ-attribute-anno.txt", "https://github.com/switchablenorms/CelebAMask-HQ",
@@ -392,12 +370,12 @@ def test_table6_without_data_root_says_what_to_download(tmp_path):
 
 def test_minival_experiment_plans_the_upstream_list_download(tmp_path):
     """DiME's / ACE's CelebA mini-val runs read upstream's utils/minival.csv, fetched (pinned) before generation."""
-    wf = _copy_workflow(tmp_path)
+    wf = copy_workflow(tmp_path)
     roots = _fake_roots(tmp_path / "data")
-    result = _snakemake(["-n", "--config", "suite=paper", f"data_roots={{celeba: {roots['celeba']}}}",
-                         "--", "results/cf/celeba_smile_minival/dime.merged.json"], wf)
+    result = snakemake(["-n", "--config", "suite=paper", f"data_roots={{celeba: {roots['celeba']}}}",
+                        "--", "results/cf/celeba_smile_minival/dime.merged.json"], wf)
     assert result.returncode == 0, result.stderr
-    counts, outputs = _plan(result.stdout + result.stderr)
+    counts, outputs = parse_plan(result.stdout + result.stderr)
     assert outputs["fetch_dime_minival"] == ["resources/data/dime/minival.csv"]
     chunks = int(yaml.safe_load((wf / "config.yaml").read_text())["chunks"])
     assert counts["generate"] == chunks and counts["merge_chunks"] == 1 and "train_model" not in counts
@@ -407,13 +385,13 @@ def test_svce_imagenet_run_is_planned_by_the_default_target(tmp_path):
     """SVCE's ImageNet run has no table (its repository saves figures only): the default target of the paper suite
     plans its WordNet files, the Madry + FT download, every chunk and its figures; a run restricted to some tables
     (config tables) leaves it out."""
-    wf = _copy_workflow(tmp_path)
+    wf = copy_workflow(tmp_path)
     roots = {**_fake_roots(tmp_path / "data"), "celebahq": tmp_path / "hq"}
     fake_celebahq(tmp_path / "hq")
     data_roots = "data_roots={" + ", ".join(f"{k}: {v}" for k, v in roots.items()) + "}"
-    result = _snakemake(["-n", "--config", "suite=paper", data_roots], wf)
+    result = snakemake(["-n", "--config", "suite=paper", data_roots], wf)
     assert result.returncode == 0, result.stderr
-    counts, outputs = _plan(result.stdout + result.stderr)
+    counts, outputs = parse_plan(result.stdout + result.stderr)
     chunks = int(yaml.safe_load((wf / "config.yaml").read_text())["chunks"])
     assert outputs["fetch_svce_hierarchy"] == ["resources/data/svce/IN_info/wordnet.is_a.txt",
                                                "resources/data/svce/IN_info/words.txt",
@@ -427,6 +405,6 @@ def test_svce_imagenet_run_is_planned_by_the_default_target(tmp_path):
     # every catalog table is in the default target too
     suite = load_suite(wf / "workflow" / "suites" / "paper.yaml")
     assert {f"results/tables/{t}.csv" for t in suite["tables"]} <= set(outputs["table"])
-    restricted = _snakemake(["-n", "--config", "suite=paper", data_roots, "tables=[table1]"], wf)
+    restricted = snakemake(["-n", "--config", "suite=paper", data_roots, "tables=[table1]"], wf)
     assert restricted.returncode == 0, restricted.stderr
     assert "imagenet_svce" not in restricted.stdout + restricted.stderr

@@ -6,38 +6,19 @@ prompts each image's target by its Pets name. The stand-in JSON files have upstr
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
 from cfx.data.layouts import DatasetLayoutError, build_layout_index
+from tests.factories.datasets import PETS_LINES, fake_pets
 
-# (image id, class id 1..37, species 1 cat / 2 dog): test.txt's format, not in class order
-PETS_LINES = [("Abyssinian_201", 1, 1), ("american_bulldog_100", 2, 2), ("Abyssinian_204", 1, 1),
-              ("yorkshire_terrier_190", 37, 2), ("Bengal_105", 6, 1), ("beagle_110", 5, 2)]
 PET_NAMES = ["abyssinian", "american bulldog", "american pit bull terrier", "basset hound", "beagle", "bengal",
              *[f"breed {k}" for k in range(6, 36)], "yorkshire terrier"]
 # per test image, 5 classes (the target is the first), as pets_closest_indices.json
 CLOSEST = [[20, 27, 9, 11, 5], [27, 33, 10, 32, 9], [9, 27, 2, 5, 20], [33, 27, 10, 9, 25], [32, 6, 20, 5, 27],
            [3, 6, 20, 5, 27]]
-
-
-def fake_pets(root: Path) -> Path:
-    """torchvision's OxfordIIITPet root: oxford-iiit-pet/annotations/test.txt and images/<id>.jpg (one grayscale,
-    as some of the real images are)."""
-    folder = root / "oxford-iiit-pet"
-    (folder / "annotations").mkdir(parents=True, exist_ok=True)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    lines = [f"{image_id} {cls} {species} {k + 1}" for k, (image_id, cls, species) in enumerate(PETS_LINES)]
-    (folder / "annotations" / "test.txt").write_text("\n".join(lines) + "\n")
-    (folder / "annotations" / "trainval.txt").write_text("")
-    for k, (image_id, _, _) in enumerate(PETS_LINES):
-        pixels = np.random.default_rng(k).integers(0, 256, (20 + 2 * k, 24, 3), dtype=np.uint8)
-        image = Image.fromarray(pixels)
-        (image.convert("L") if k == 2 else image).save(folder / "images" / f"{image_id}.jpg", quality=95)
-    return root
 
 
 def write_pets_resources(folder: Path) -> tuple[Path, Path]:
@@ -250,14 +231,14 @@ def test_ldce_txt_chunk_prompts_each_pets_target_by_name(tmp_path, monkeypatch):
     maps each prompt back to its class."""
     from cfx.generate import generate_chunk
     from cfx.models.ldm import build_ldm, save_ldm_checkpoint
-    from tests.test_imagenet_pairs import _tiny_class_ldm_config, spy_on_prompts
+    from tests.factories.networks import spy_on_prompts, tiny_class_ldm_config
 
     root = fake_pets(tmp_path / "pets")
     index_csv = tmp_path / "index.csv"
     build_layout_index("oxford_pets", root, index_csv)
     closest_file, labels_file = write_pets_resources(tmp_path / "res")
     clip_path, clip_model = _tiny_clip_file(tmp_path)
-    config = _tiny_class_ldm_config()
+    config = tiny_class_ldm_config()
     torch.manual_seed(0)
     save_ldm_checkpoint(build_ldm(config), tmp_path / "ldm.ckpt")
     prefix, suffix = "a photo of a ", ", a type of pet."

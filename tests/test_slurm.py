@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.test_workflow import SNAKEMAKE, _copy_workflow
+from tests.factories.workflow import SNAKEMAKE, copy_workflow
 
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 PROGRAMS = ("mungekey", "munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "sinfo", "scontrol", "scancel")
@@ -228,7 +228,7 @@ def _planned_resources(wf: Path, env: dict) -> dict[str, list[str]]:
 @pytest.mark.slurm
 def test_slurm_profile_asks_one_gpu_per_gpu_job_unless_turned_off(tmp_path):
     """Without a cluster: the profile's per-rule requests, and CFX_SLURM_GPUS=0 for clusters without GPUs."""
-    wf = _copy_workflow(tmp_path)
+    wf = copy_workflow(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "CFX_SLURM_GPUS"}
     planned = _planned_resources(wf, env)
     for rule in ("generate", "ace_postprocess", "train_model"):
@@ -246,7 +246,7 @@ def test_slurm_profile_asks_one_gpu_per_gpu_job_unless_turned_off(tmp_path):
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_mini_suite_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
-    wf = _copy_workflow(tmp_path)
+    wf = copy_workflow(tmp_path)
     mem_cap = slurm_cluster.mem_mb // 4  # four jobs at once on two cores shared by two
     args = [
         *TARGETS,

@@ -120,7 +120,7 @@ def test_gcd_direction_search_uses_the_mapped_output(tmp_path, steex_tar):
     from cfx.methods.gcd import load_direction
     from cfx.models.diffae import create_diffae, lightning_checkpoint
     from cfx.steps import gcd_direction
-    from tests.test_gcd_pipeline import DAE_FLAGS, GCD
+    from tests.factories.networks import DAE_FLAGS, GCD
 
     path, _ = steex_tar
     data = write_synthetic_celeba(tmp_path / "data", n_identities=4, images_per_identity=2, image_size=32, seed=0,

@@ -19,7 +19,7 @@ from cfx.methods.svce import (
     variant_names,
 )
 from cfx.runtime.seeding import image_generators
-from tests.conftest import RedClassifier
+from tests.factories.networks import RedClassifier
 
 NORMS = [1.0, 1.5, 2.0]
 

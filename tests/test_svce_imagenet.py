@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from cfx.data.wordnet import WordNetHierarchy, cluster_targets, upstream_class_order, wordnet_clusters
-from tests.test_svce_resources import IS_A
+from tests.factories.datasets import IS_A
 
 # the small hierarchy's ten ImageNet classes under class numbers of which some exceed the set's hash table (32
 # slots), so upstream's set order is not ascending, and no two share a slot, so it does not depend on the insertion

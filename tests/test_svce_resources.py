@@ -24,29 +24,8 @@ from cfx.models.robust_resnet import (
     TemperatureWrapper,
     load_madry_ft_resnet50,
 )
+from tests.factories.datasets import IS_A
 
-# A hand-made hierarchy in upstream's file formats. ImageNet classes c0..c9 (class numbers deliberately not in wnid
-# order); c6 is listed under B1 first and under A2 last, so its parent is A2 (the last line wins, as upstream);
-# X/Y have no ImageNet descendant and are dropped.
-IS_A = """root A
-root B
-A A1
-A A2
-A1 c0
-A1 c1
-A1 c2
-B1 c6
-A2 c3
-A2 c4
-A c5
-B B1
-B1 c7
-B1 c8
-B c9
-A2 c6
-root X
-X Y
-"""
 CLASS_NUMBERS = {"c0": 5, "c1": 0, "c2": 9, "c3": 1, "c4": 8, "c5": 2, "c6": 7, "c7": 3, "c8": 6, "c9": 4}
 
 

@@ -3,8 +3,7 @@ settings gets its own attack, post-processing, merge and metrics; a bad method n
 
 import yaml
 
-from tests.test_paper_suite import _plan, _snakemake
-from tests.test_workflow import _copy_workflow
+from tests.factories.workflow import copy_workflow, parse_plan, snakemake
 
 
 def _with_methods(wf, extra: dict) -> None:
@@ -18,13 +17,13 @@ def _with_methods(wf, extra: dict) -> None:
 
 
 def test_ace_variant_plans_its_own_attack_postprocessing_and_metrics(tmp_path):
-    wf = _copy_workflow(tmp_path)
+    wf = copy_workflow(tmp_path)
     suite = yaml.safe_load((wf / "workflow" / "suites" / "mini.yaml").read_text())
     l2 = {**suite["methods"]["ace"], "config": {**suite["methods"]["ace"]["config"], "dist_l1": 0.0, "dist_l2": 0.01}}
     _with_methods(wf, {"ace_l2": l2})
-    result = _snakemake(["-n", "--", "results/tables/table1.csv"], wf)
+    result = snakemake(["-n", "--", "results/tables/table1.csv"], wf)
     assert result.returncode == 0, result.stderr
-    counts, outputs = _plan(result.stdout + result.stderr)
+    counts, outputs = parse_plan(result.stdout + result.stderr)
     chunks = int(yaml.safe_load((wf / "config.yaml").read_text())["chunks"])
     variant = {f"results/cf/celeba_smile/chunks/ace_l2_explanation/{c}-of-{chunks}.json" for c in range(chunks)}
     assert variant <= set(outputs["ace_postprocess"])
@@ -36,9 +35,9 @@ def test_ace_variant_plans_its_own_attack_postprocessing_and_metrics(tmp_path):
 
 
 def test_unknown_method_name_stops_the_plan(tmp_path):
-    wf = _copy_workflow(tmp_path)
+    wf = copy_workflow(tmp_path)
     suite = yaml.safe_load((wf / "workflow" / "suites" / "mini.yaml").read_text())
     _with_methods(wf, {"gcd_fast": suite["methods"]["gcd"]})
-    result = _snakemake(["-n", "--", "results/tables/table1.csv"], wf)
+    result = snakemake(["-n", "--", "results/tables/table1.csv"], wf)
     message = result.stdout + result.stderr
     assert result.returncode != 0 and "gcd_fast" in message and "cannot have variants" in message

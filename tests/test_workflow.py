@@ -1,9 +1,6 @@
 """The Snakemake workflow: config validation, planning, lint, and the mini suite end to end at CI scale."""
 
 import json
-import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -11,27 +8,14 @@ import pandas as pd
 import pytest
 
 from cfx.timings import write_timings
+from tests.factories.workflow import copy_workflow, run_snakemake
 
 ROOT = Path(__file__).resolve().parent.parent
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def _copy_workflow(dest: Path) -> Path:
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "workflow", dest / "workflow")
-    shutil.copytree(ROOT / "envs", dest / "envs")
-    shutil.copytree(ROOT / "profiles", dest / "profiles")
-    return dest
-
-
-def _run(args: list[str], cwd: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run(SNAKEMAKE + args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def test_dry_run_plans_the_mini_dag(tmp_path):
-    wf = _copy_workflow(tmp_path)
-    result = _run(["-n", "--quiet", "rules"], wf)
+    wf = copy_workflow(tmp_path)
+    result = run_snakemake(["-n", "--quiet", "rules"], wf)
     assert result.returncode == 0, result.stderr
     plan = result.stdout + result.stderr
     # 2 tasks + sigma_L's 2 extra-seed runs of the smile task with DiME and ACE, SVCE, LDCE and GCD on the 2 tasks,
@@ -44,16 +28,16 @@ def test_dry_run_plans_the_mini_dag(tmp_path):
 
 
 def test_chunk_count_comes_from_config(tmp_path):
-    wf = _copy_workflow(tmp_path)
-    result = _run(["-n", "--quiet", "rules", "--config", "chunks=5"], wf)
+    wf = copy_workflow(tmp_path)
+    result = run_snakemake(["-n", "--quiet", "rules", "--config", "chunks=5"], wf)
     assert result.returncode == 0, result.stderr
     # 14 generating (experiment, method) pairs (test_dry_run_plans_the_mini_dag: 28 jobs at 2 chunks) x 5 chunks
     assert any(line.split()[:2] == ["generate", "70"] for line in (result.stdout + result.stderr).splitlines())
 
 
 def test_lint_is_clean(tmp_path):
-    wf = _copy_workflow(tmp_path)
-    result = _run(["--lint"], wf)
+    wf = copy_workflow(tmp_path)
+    result = run_snakemake(["--lint"], wf)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations" in result.stdout + result.stderr
 
@@ -63,15 +47,15 @@ def test_lint_is_clean(tmp_path):
     [("bogus_key=1", "bogus_key"), ("suite=nope", "nope"), ("chunks=0", "chunks")],
 )
 def test_bad_config_stops_with_a_message_naming_it(tmp_path, override, expected):
-    wf = _copy_workflow(tmp_path)
-    result = _run(["-n", "--config", override], wf)
+    wf = copy_workflow(tmp_path)
+    result = run_snakemake(["-n", "--config", override], wf)
     assert result.returncode != 0
     assert expected in result.stdout + result.stderr
 
 
 def test_unknown_table_target_is_refused(tmp_path):
-    wf = _copy_workflow(tmp_path)
-    result = _run(["-n", "--config", "tables=[table99]"], wf)
+    wf = copy_workflow(tmp_path)
+    result = run_snakemake(["-n", "--config", "tables=[table99]"], wf)
     assert result.returncode != 0
     assert "table99" in result.stdout + result.stderr
 
@@ -79,19 +63,19 @@ def test_unknown_table_target_is_refused(tmp_path):
 def test_a_table_of_another_suite_names_that_suite(tmp_path):
     """The targeted rerun the README shows, in the default (mini) suite: an error naming the suite that defines
     table6 and the option selecting it, not Snakemake's "No rule to produce"."""
-    wf = _copy_workflow(tmp_path)
-    result = _run(["-n", "results/tables/table6.csv"], wf)
+    wf = copy_workflow(tmp_path)
+    result = run_snakemake(["-n", "results/tables/table6.csv"], wf)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "table 'table6' is not in suite mini" in output and "--config suite=paper" in output, output[-2000:]
-    planned = _run(["-n", "results/tables/table1.csv", "--quiet", "rules"], wf)  # the mini suite's own table
+    planned = run_snakemake(["-n", "results/tables/table1.csv", "--quiet", "rules"], wf)  # the mini suite's own table
     assert planned.returncode == 0 and "table_in_another_suite" not in planned.stdout + planned.stderr
 
 
 @pytest.mark.slow
 def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
-    wf = _copy_workflow(tmp_path)
-    result = _run(["--cores", "2", "--config", "scale=ci"], wf)
+    wf = copy_workflow(tmp_path)
+    result = run_snakemake(["--cores", "2", "--config", "scale=ci"], wf)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     table = pd.read_csv(wf / "results/tables/table1.csv", keep_default_na=False, na_values=[""])
     assert set(table["task"]) == {"smile", "age"} and set(table["method"]) == {"dime", "ace", "svce", "ldce", "gcd"}
@@ -155,7 +139,7 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
     assert set(summary["rule"]) == ran | {"total"}
     assert summary.set_index("rule").loc["generate", "jobs"] == 28 and (summary["wall_s"] > 0).all()
     # nothing left to do on a rerun
-    again = _run(["--cores", "2", "--config", "scale=ci", "-n"], wf)
+    again = run_snakemake(["--cores", "2", "--config", "scale=ci", "-n"], wf)
     assert "Nothing to be done" in again.stdout + again.stderr
     # a job killed mid-chunk leaves no manifest and an instance without its Info file (written last): the rerun
     # regenerates that instance only, with the same per-image seed, so the records come out the same
@@ -163,7 +147,8 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
     first = json.loads(manifest.read_text())
     manifest.unlink()
     next((wf / "results/cf/celeba_smile/Results/dime").glob("*/*/Info/0000003.txt")).unlink()
-    rerun = _run(["results/cf/celeba_smile/chunks/dime/1-of-2.json", "--cores", "2", "--config", "scale=ci"], wf)
+    rerun = run_snakemake(["results/cf/celeba_smile/chunks/dime/1-of-2.json", "--cores", "2", "--config",
+                           "scale=ci"], wf)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed = json.loads(manifest.read_text())
     assert resumed["generated_now"] == 1
@@ -174,13 +159,13 @@ def test_mini_suite_end_to_end_at_ci_scale(tmp_path):
     # a post-processing parameter re-plans ACE's post-processing and what depends on it, never the attack
     suite = wf / "workflow/suites/mini.yaml"
     suite.write_text(suite.read_text().replace("sampling_dilation: 5", "sampling_dilation: 3"))
-    plan = _run(["-n", "--quiet", "rules", "--config", "scale=ci"], wf)
+    plan = run_snakemake(["-n", "--quiet", "rules", "--config", "scale=ci"], wf)
     planned = {line.split()[0] for line in (plan.stdout + plan.stderr).splitlines()
                if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert "ace_postprocess" in planned and "table" in planned
     assert "generate" not in planned and "train_model" not in planned
     # the report bundles tables and figures
-    report = _run(["--report", "report.zip", "--config", "scale=ci"], wf)
+    report = run_snakemake(["--report", "report.zip", "--config", "scale=ci"], wf)
     assert report.returncode == 0, report.stderr[-3000:]
     with zipfile.ZipFile(wf / "report.zip") as archive:
         names = archive.namelist()
