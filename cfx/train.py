@@ -445,7 +445,7 @@ def train_ldm(data_root: Path, out_path: Path, *, config: dict, classes: dict, a
 
     1. The KL autoencoder (``ldm/models/autoencoder.py:AutoencoderKL.training_step``, optimiser 0): ℓ1
        reconstruction of a posterior sample + ``kl_weight``·KL (``autoencoder``: steps, batch_size, lr, kl_weight).
-       LDM's LPIPS and patch discriminator are left out (no offline VGG weights; docs/deviations.md).
+       LDM's LPIPS and patch discriminator are left out (no offline VGG weights; README.md "Deviations from upstream").
     2. The latent ε-prediction UNet and the class embedder (``LatentDiffusion.p_losses``, ``loss_type`` l2,
        ``cond_stage_trainable``), first stage frozen: z = scale·sample(E(x)), t ~ U{0, …, max_timestep−1}, the
        class of a query attribute (:func:`ldm_class_labels`) replaced by the null class (the embedder's last) with

@@ -8,7 +8,7 @@ noisy z_t against x (not rescaled), and the perceptual gradient on x_t ÷ √ᾱ
 unguided stochastic DDPM run from z to 0. Unflipped images are retried with the next classifier scale from
 the same z_τ (an image's generator continues across its attempts, as upstream's global stream does).
 
-Deviation (docs/deviations.md): every random draw — the q_sample noise and the noise of every
+Deviation (README.md "Deviations from upstream"): every random draw — the q_sample noise and the noise of every
 outer and nested step — comes from the image's own generator (``cfx.runtime.seeding``), so an image's CF does not
 depend on the batch, the batch size or the chunking; the draws that upstream multiplies by 0 (step i = 0) are
 not made. Everything else, including the τ offset, is as upstream.

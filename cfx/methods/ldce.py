@@ -16,7 +16,7 @@ Faithful to ``lmb-freiburg/ldce`` ``ldm/models/diffusion/cc_ddim.py`` (``CCMDDIM
 
 and the deterministic DDIM update (η = 0). Finally x_cf = clamp((D(z)+1)/2, 0, 1).
 
-Upstream pain points not reproduced (docs/deviations.md): no 6-second-per-step watchdog that exits
+Upstream pain points not reproduced (README.md "Deviations from upstream"): no 6-second-per-step watchdog that exits
 the process, a partial last batch works, per-step frames are kept only when ``record_intermediate`` is set,
 outputs are overwritten on rerun (the output tree), and every random draw (the encoding noise, a KL posterior
 sample) comes from the image's own generator instead of one seed-0 draw shared by the batch.

@@ -14,7 +14,7 @@ nearest-neighbour upsampling get the same ℓp budget per pixel). At 224² the r
 Binary tasks (one query logit z per image, as DiME/ACE's CelebA classifiers): the classifier's two-class logits
 are (0, z), so softmax = (1 − σ(z), σ(z)) and the target defaults to 1 − prediction, as DiME's.
 
-Deviations (docs/deviations.md): the random start of each (image, radius) comes from the image's
+Deviations (README.md "Deviations from upstream"): the random start of each (image, radius) comes from the image's
 own generator; the LMO runs in float64 and uses exact zeros where upstream clamps x to [1e-22, 1 − 1e-22].
 Kept quirk: the first step-size checkpoint compares the first loss with the unwritten last entry of the loss
 history (zero), as upstream's ``check_oscillation`` indexing does.

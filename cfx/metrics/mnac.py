@@ -3,7 +3,8 @@
 ``MNAC = mean over successful CFs of Σ_{i<40} 1[(p_i(x) > 0.5) ≠ (p_i(x') > 0.5)]`` with ``p`` the attribute
 oracle's probabilities; the query attribute counts too (docs/upstream/dime_ace.md §4.2). Images are read as the
 upstream loader does: ToTensor + Normalize(0.5, 0.5), i.e. [−1,1]. ACE's CelebA-HQ script adds a second
-(0.5, 0.5) normalisation on top; STEEX's own evaluation does not, and neither does cfx (docs/deviations.md).
+(0.5, 0.5) normalisation on top; STEEX's own evaluation does not, and neither does cfx (README.md "Deviations from
+upstream").
 """
 
 from __future__ import annotations
